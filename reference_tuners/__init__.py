@@ -1,0 +1,18 @@
+"""Reference implementation of the Bone/MiSS, GraLoRA, HRA, IA3 and LoHa tuners with PEFT's API
+and checkpoint format. SPEC.md is the contract; each module cites the clauses it implements."""
+
+from ._version import __version__
+from .core.config import PeftConfig
+from .core.layer import TunerLayer
+from .core.peft_model import PeftModel, get_peft_model
+from .ia3 import IA3Config, IA3Layer
+
+__all__ = [
+    "IA3Config",
+    "IA3Layer",
+    "PeftConfig",
+    "PeftModel",
+    "TunerLayer",
+    "__version__",
+    "get_peft_model",
+]

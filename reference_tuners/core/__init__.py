@@ -1,0 +1,1 @@
+"""The shared framework every tuner builds on (SPEC §1)."""
