@@ -58,8 +58,9 @@ def load_state_dict_into(tuner_model: TunerModel, name: str, state_dict: dict[st
     if missing:
         warnings.warn(f"Missing adapter keys while loading {name!r}: {missing}", UserWarning, stacklevel=3)
     if unexpected:
-        warnings.warn(f"Unexpected keys in the checkpoint of {name!r}, not loaded: {unexpected}",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Unexpected keys in the checkpoint of {name!r}, not loaded: {unexpected}", UserWarning, stacklevel=3
+        )
 
 
 def write_weights(state_dict: dict[str, torch.Tensor], directory: str, safe_serialization: bool) -> None:

@@ -13,9 +13,7 @@ from .._version import __version__
 from .defaults import LORA_STYLE_TARGETS
 
 CONFIG_NAME = "adapter_config.json"
-TASK_TYPES = frozenset(
-    {"SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"}
-)
+TASK_TYPES = frozenset({"SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"})
 # Written into `peft_version` when the caller leaves it None: the PEFT checkpoint format we follow,
 # tagged as ours (a valid PEP 440 version).
 PEFT_FORMAT_VERSION = f"0.21.2+tunerspec.{__version__}"
@@ -49,9 +47,7 @@ class PeftConfig:
         if self.peft_version is None:
             self.peft_version = PEFT_FORMAT_VERSION
         if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise ValueError(
-                f"Invalid task_type {self.task_type!r}: use None or one of {sorted(TASK_TYPES)}."
-            )
+            raise ValueError(f"Invalid task_type {self.task_type!r}: use None or one of {sorted(TASK_TYPES)}.")
         for name in self.SET_FIELDS:
             value = getattr(self, name, None)
             if isinstance(value, (list, tuple)):

@@ -6,12 +6,24 @@ _Q_V = ["q_proj", "v_proj"]
 
 # (a) Bone, MiSS, GraLoRA, HRA, LoHa — copies of PEFT's LoRA table.
 LORA_STYLE_TARGETS: dict[str, list[str]] = {
-    "llama": _Q_V, "mistral": _Q_V, "mixtral": _Q_V, "opt": _Q_V, "bart": _Q_V,
-    "qwen2": _Q_V, "qwen3": _Q_V, "gemma": _Q_V, "gemma2": _Q_V, "gemma3_text": _Q_V,
+    "llama": _Q_V,
+    "mistral": _Q_V,
+    "mixtral": _Q_V,
+    "opt": _Q_V,
+    "bart": _Q_V,
+    "qwen2": _Q_V,
+    "qwen3": _Q_V,
+    "gemma": _Q_V,
+    "gemma2": _Q_V,
+    "gemma3_text": _Q_V,
     "gpt2": ["c_attn"],
-    "t5": ["q", "v"], "mt5": ["q", "v"],
-    "bert": ["query", "value"], "roberta": ["query", "value"],
-    "bloom": ["query_key_value"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "bloom": ["query_key_value"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
     "phi": ["q_proj", "v_proj", "fc1", "fc2"],
 }
 

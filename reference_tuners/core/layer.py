@@ -148,9 +148,7 @@ class TunerLayer(nn.Module):
             if safe_merge:
                 changed = [weight] if bias is None or bias is self.base_layer.bias else [weight, bias]
                 if not all(torch.isfinite(t).all() for t in changed):
-                    raise ValueError(
-                        f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                    )
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
             self._write_base(weight, bias)
             self.merged_adapters.append(name)
 
@@ -165,9 +163,7 @@ class TunerLayer(nn.Module):
             current = [(weight, self.base_weight()), (bias, self.base_layer.bias)]
             for new, old in current:
                 if new is not None and (~torch.isfinite(new) & torch.isfinite(old)).any():
-                    raise ValueError(
-                        f"Unmerging adapter {name!r} would write non-finite values; it stays merged."
-                    )
+                    raise ValueError(f"Unmerging adapter {name!r} would write non-finite values; it stays merged.")
             self._write_base(weight, bias)
             self.merged_adapters.pop()
 

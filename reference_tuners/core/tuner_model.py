@@ -162,8 +162,9 @@ class TunerModel(nn.Module):
         for _, wrapper in self.wrappers():
             wrapper.owner(names)  # rejects two owners before anything changes
         if any(layer.merged for _, layer in self.tuner_layers()):
-            warnings.warn("Adapters were merged; unmerging them before changing the active adapters.",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                "Adapters were merged; unmerging them before changing the active adapters.", UserWarning, stacklevel=2
+            )
             self.unmerge_adapter()
         for _, layer in self.tuner_layers():
             layer.active_adapters = list(names)
@@ -191,11 +192,18 @@ class TunerModel(nn.Module):
 
     def _base_biases(self) -> list[tuple[str, nn.Parameter]]:
         """Every base-model bias (in-memory keys), leaving out adapter parameters and modules_to_save."""
-        skip = {id(p) for _, layer in self.tuner_layers() for n in layer.settings
-                for p in layer.adapter_parameters(n).values()}
+        skip = {
+            id(p)
+            for _, layer in self.tuner_layers()
+            for n in layer.settings
+            for p in layer.adapter_parameters(n).values()
+        }
         skip.update(id(p) for _, w in self.wrappers() for p in w.parameters())
-        return [(k, p) for k, p in self.model.named_parameters()
-                if (k == "bias" or k.endswith(".bias")) and id(p) not in skip]
+        return [
+            (k, p)
+            for k, p in self.model.named_parameters()
+            if (k == "bias" or k.endswith(".bias")) and id(p) not in skip
+        ]
 
     def bias_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """CORE-BIAS-2: the biases `name`'s `bias` option trains, by in-memory key."""
@@ -203,8 +211,11 @@ class TunerModel(nn.Module):
         if bias == "all":
             return dict(self._base_biases())
         if bias.endswith("_only"):
-            return {f"{k}.base_layer.bias": layer.base_layer.bias for k, layer in self.tuner_layers()
-                    if name in layer.settings and layer.base_layer.bias is not None}
+            return {
+                f"{k}.base_layer.bias": layer.base_layer.bias
+                for k, layer in self.tuner_layers()
+                if name in layer.settings and layer.base_layer.bias is not None
+            }
         return {}
 
     # ---- disable (CORE-LIFE-6/7, CORE-BIAS-4) ----
@@ -212,8 +223,12 @@ class TunerModel(nn.Module):
     def disable_adapter(self) -> Iterator[None]:
         with_bias = [n for n, c in self.peft_config.items() if getattr(c, "bias", "none") != "none"]
         if with_bias:
-            warnings.warn(f"Adapter {with_bias[0]!r} trains biases (bias != 'none'): with adapters disabled "
-                          "the output is not the base model's.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"Adapter {with_bias[0]!r} trains biases (bias != 'none'): with adapters disabled "
+                "the output is not the base model's.",
+                UserWarning,
+                stacklevel=3,
+            )
         self._set_disabled(True)
         try:
             yield
@@ -236,8 +251,9 @@ class TunerModel(nn.Module):
         remaining = [n for n in self.active_adapters if n != adapter_name]
         if not remaining and self.peft_config:
             remaining = [next(iter(self.peft_config))]
-            warnings.warn(f"Deleted the last active adapter; {remaining[0]!r} is now active.",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"Deleted the last active adapter; {remaining[0]!r} is now active.", UserWarning, stacklevel=2
+            )
         self.set_adapter(remaining)
 
     # ---- merge (CORE-MERGE-11/12/13) ----
@@ -289,4 +305,3 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, all) parameter counts."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
