@@ -91,7 +91,8 @@ class PeftConfig:
         return target_cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        # Top-level keys sorted; nested dicts keep their order (rank_pattern's first match depends on it).
+        return json.dumps(dict(sorted(self.to_dict().items())), indent=2)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -109,11 +110,10 @@ class PeftConfig:
 
 def config_class(peft_type: str) -> type[PeftConfig]:
     """The config class of a `peft_type` string (CORE-CFG-9)."""
-    try:
-        return _CONFIG_CLASSES[peft_type]
-    except KeyError:
+    if not isinstance(peft_type, str) or peft_type not in _CONFIG_CLASSES:  # a list would raise TypeError
         known = ", ".join(sorted(_CONFIG_CLASSES))
-        raise ValueError(f"Unknown peft_type {peft_type!r}; known types: {known}") from None
+        raise ValueError(f"Unknown peft_type {peft_type!r}; known types: {known}")
+    return _CONFIG_CLASSES[peft_type]
 
 
 # ---- shared validation rules ----

@@ -45,6 +45,10 @@ class TunerLayer(nn.Module):
         """Per-module hyper-parameters; raises ValueError for a shape the config cannot adapt."""
         raise NotImplementedError
 
+    @classmethod
+    def check_targets(cls, config: Any, keys: list[str]) -> None:
+        """Once per injection, with every targeted key, before any module changes (e.g. unused patterns)."""
+
     def create_adapter(self, name: str, settings: Any, dtype: torch.dtype) -> None:
         """Create and initialise `name`'s parameters in `dtype` on the base weight's device."""
         raise NotImplementedError
@@ -114,7 +118,8 @@ class TunerLayer(nn.Module):
         if name in self.merged_adapters:
             raise ValueError(f"Adapter {name!r} is merged; unmerge it before deleting it.")
         for container in (*self.adapter_layer_names, *self.adapter_module_names):
-            getattr(self, container).pop(name, None)
+            if name in getattr(self, container):
+                del getattr(self, container)[name]  # ParameterDict.pop takes no default
         self.settings.pop(name, None)
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
@@ -146,11 +151,18 @@ class TunerLayer(nn.Module):
         for name in pending:
             weight, bias = self.merged_tensors(name)
             if safe_merge:
-                changed = [weight] if bias is None or bias is self.base_layer.bias else [weight, bias]
-                if not all(torch.isfinite(t).all() for t in changed):
-                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                self._check_finite(name, weight, bias)
             self._write_base(weight, bias)
             self.merged_adapters.append(name)
+
+    def check_safe_merge(self, name: str) -> None:
+        """CORE-MERGE-7: raise if merging `name` now would write a non-finite value; changes nothing."""
+        self._check_finite(name, *self.merged_tensors(name))
+
+    def _check_finite(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        changed = [weight] if bias is None or bias is self.base_layer.bias else [weight, bias]
+        if not all(torch.isfinite(t).all() for t in changed):
+            raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
 
     def unmerge(self) -> None:
         """Revert merged adapters last-in-first-out; never writes a non-finite value (raises instead)."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 ALL_LINEAR = "all-linear"
 SEQ_CLS_HEADS = ("classifier", "score")
+_ALL_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts "²", which int() rejects
 
 
 def matches(rule: str | Iterable[str], key: str) -> bool:
@@ -27,14 +28,14 @@ def layer_index(key: str, layers_pattern: str | list[str] | None) -> int | None:
     segments = key.split(".")
     if layers_pattern is None:
         for i, seg in enumerate(segments):
-            if seg.isdigit() and i >= 2 and i < len(segments) - 1:
+            if _ALL_DIGITS.fullmatch(seg) and i >= 2 and i < len(segments) - 1:
                 return int(seg)
         return None
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
     for pattern in patterns:
         for i, seg in enumerate(segments[:-2]):
             if re.fullmatch(pattern, seg):
-                if segments[i + 1].isdigit():
+                if _ALL_DIGITS.fullmatch(segments[i + 1]):
                     return int(segments[i + 1])
                 break  # the first segment matching this pattern has no index: try the next pattern
     return None

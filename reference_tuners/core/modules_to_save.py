@@ -36,7 +36,8 @@ class ModulesToSaveWrapper(nn.Module):
             self.modules_to_save[name].requires_grad_(flag)
 
     def delete_adapter(self, name: str) -> None:
-        self.modules_to_save.pop(name, None)
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]  # ModuleDict.pop takes no default
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def active_module(self) -> nn.Module:

@@ -39,8 +39,8 @@ class TunerModel(nn.Module):
         self.tuner = tuner_of(config)
         self.peft_config: dict[str, PeftConfig] = {}
         self.active_adapters: list[str] = []
-        model.requires_grad_(False)
         self.inject_adapter(config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        model.requires_grad_(False)  # after injection: a rejected config leaves the caller's model as it was
         self.set_adapter(adapter_name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -66,25 +66,31 @@ class TunerModel(nn.Module):
         return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
 
     # ---- injection (CORE-MATCH, CORE-INJ, CORE-LIFE-2/3) ----
-    def _resolve_targets(self, config: PeftConfig) -> PeftConfig:
+    def _resolve_targets(self, config: PeftConfig) -> tuple[PeftConfig, set[str] | None]:
+        """A copy of `config` with `target_modules` resolved (CORE-MATCH-11), and for "all-linear" the
+        exact keys it stands for: stored as a set like PEFT, but matched exactly here, since a key's
+        dot-suffix rule would also catch a non-linear module whose key ends with it."""
         config = copy.deepcopy(config)
         config.resolve_defaults(model_type(self.model))
         if isinstance(config.target_modules, str) and config.target_modules.lower() == ALL_LINEAR:
             config.target_modules = self._all_linear_keys(config)
-        return config
+            return config, set(config.target_modules)
+        return config, None
 
     def _all_linear_keys(self, config: PeftConfig) -> set[str]:
-        """CORE-MATCH-5: every Linear / Conv1D except the LM head (and, for SEQ_CLS, the classifier)."""
+        """CORE-MATCH-5: every Linear / Conv1D except the LM head and, for SEQ_CLS, the classification
+        head (the model's `classifier` or `score` module, with everything inside it)."""
+        heads = []
         get_head = getattr(self.model, "get_output_embeddings", None)
-        head = get_head() if callable(get_head) else None
+        heads.append(get_head() if callable(get_head) else None)
+        if config.task_type == "SEQ_CLS":
+            heads.extend(getattr(self.model, name, None) for name in SEQ_CLS_HEADS)
+        excluded = {id(m) for head in heads if isinstance(head, nn.Module) for m in head.modules()}
         keys = set()
         for key, module in walk(self.model):
             base = module.base_layer if isinstance(module, TunerLayer) else module
-            if layer_kind(base) not in LINEAR_KINDS or base is head:
-                continue
-            if config.task_type == "SEQ_CLS" and key.rsplit(".", 1)[-1] in SEQ_CLS_HEADS:
-                continue
-            keys.add(key)
+            if layer_kind(base) in LINEAR_KINDS and id(module) not in excluded:
+                keys.add(key)
         return keys
 
     def inject_adapter(self, config: PeftConfig, name: str, *, autocast_adapter_dtype: bool = True) -> None:
@@ -103,11 +109,12 @@ class TunerModel(nn.Module):
                 f"Adapter {with_bias[0]!r} already uses bias={self.peft_config[with_bias[0]].bias!r}; "
                 f"only one adapter per model may set `bias`, so {name!r} must use bias='none'."
             )
-        config = self._resolve_targets(config)
+        requested = config.target_modules
+        config, exact = self._resolve_targets(config)
         layer_cls = self.tuner.layer_cls
         plan = []
         for key, module in walk(self.model):
-            if not is_targeted(config, key):
+            if not is_targeted(config, key) or (exact is not None and key not in exact):
                 continue
             if isinstance(module, TunerLayer):
                 base, kind = module.base_layer, module.kind
@@ -120,33 +127,53 @@ class TunerModel(nn.Module):
                 )
             plan.append((key, module, kind, layer_cls.resolve_settings(config, key, base, kind)))
         if not plan:
+            shown = config.target_modules if requested is None else requested
+            shown = f"'{shown}'" if isinstance(shown, str) else "[" + ", ".join(sorted(shown)) + "]"
             raise ValueError(
-                f"Target modules {config.target_modules!r} not found in the base model; "
+                f"Target modules {shown} not found in the base model; "
                 "check `target_modules` (and `exclude_modules`, `layers_to_transform`)."
             )
+        layer_cls.check_targets(config, [key for key, *_ in plan])
+        to_save = self._modules_to_save_plan(config)
         for key, module, kind, settings in plan:
             layer = module if isinstance(module, TunerLayer) else self._replace(key, layer_cls(module, kind))
             layer.active_adapters = list(self.active_adapters)
             layer.add_adapter(name, settings, autocast_adapter_dtype=autocast_adapter_dtype)
-        self._add_modules_to_save(config, name)
+        self._add_modules_to_save(to_save, name)
         self.peft_config[name] = config
 
-    def _add_modules_to_save(self, config: PeftConfig, name: str) -> None:
+    def _modules_to_save_plan(self, config: PeftConfig) -> list[tuple[str, nn.Module]]:
+        """The modules `modules_to_save` names (key equal to an entry or a dot-suffix): the outermost only,
+        since a copy includes everything inside it. A module holding another adapter's tuner layers is
+        rejected: copying it would hide those layers from that adapter (merge, save)."""
         entries = config.modules_to_save or []
-        found = set()
-        for key, module in list(walk(self.model)):
+        plan: list[tuple[str, nn.Module]] = []
+        found: set[str] = set()
+        for key, module in walk(self.model):
             hits = [m for m in entries if matches([m], key)]
-            if not hits or isinstance(module, TunerLayer):
+            if not hits or isinstance(module, TunerLayer) or any(key.startswith(k + ".") for k, _ in plan):
                 continue
+            holds_layers = any(isinstance(m, TunerLayer) for m in module.modules())
+            if holds_layers and not isinstance(module, ModulesToSaveWrapper):
+                raise ValueError(
+                    f"modules_to_save entry {hits[0]!r} names {key!r}, which holds layers adapted by another "
+                    "adapter; name a module without adapted layers."
+                )
             found.update(hits)
+            plan.append((key, module))
+        missing = sorted(set(entries) - found)
+        if missing:
+            warnings.warn(f"modules_to_save entries match no module: {missing}", UserWarning, stacklevel=4)
+        return plan
+
+    def _add_modules_to_save(self, plan: list[tuple[str, nn.Module]], name: str) -> None:
+        """CORE-MTS-1: one frozen copy per module for adapter `name` (trainability follows activation)."""
+        for key, module in plan:
             if not isinstance(module, ModulesToSaveWrapper):
                 module = self._replace(key, ModulesToSaveWrapper(module))
                 module.set_active(self.active_adapters)
             module.add_adapter(name)
             module.set_requires_grad(name, False)
-        missing = sorted(set(entries) - found)
-        if missing:
-            warnings.warn(f"modules_to_save entries match no module: {missing}", UserWarning, stacklevel=3)
 
     def _replace(self, key: str, new: nn.Module) -> nn.Module:
         parent_key, _, child = key.rpartition(".")
@@ -166,6 +193,10 @@ class TunerModel(nn.Module):
                 "Adapters were merged; unmerging them before changing the active adapters.", UserWarning, stacklevel=2
             )
             self.unmerge_adapter()
+        self._activate(names)
+
+    def _activate(self, names: list[str]) -> None:
+        """Set the active list everywhere and move trainability with it; merged weights stay as they are."""
         for _, layer in self.tuner_layers():
             layer.active_adapters = list(names)
         for _, wrapper in self.wrappers():
@@ -254,14 +285,33 @@ class TunerModel(nn.Module):
             warnings.warn(
                 f"Deleted the last active adapter; {remaining[0]!r} is now active.", UserWarning, stacklevel=2
             )
-        self.set_adapter(remaining)
+        self._activate(remaining)  # not set_adapter: that would unmerge the other adapters (CORE-LIFE-9)
 
     # ---- merge (CORE-MERGE-11/12/13) ----
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._merge(adapter_names, safe_merge)
+
+    def _merge(self, adapter_names: list[str] | None, safe_merge: bool, progressbar: bool = False) -> None:
+        """CORE-MERGE-1/2/9/11: adapter by adapter over all layers; a safe merge checks an adapter on every
+        layer before writing it anywhere, so a failure at a_j leaves exactly a_1…a_{j−1} merged."""
         if isinstance(adapter_names, str):
             raise TypeError(f"adapter_names must be a list of names, not the string {adapter_names!r}")
-        for _, layer in self.tuner_layers():
-            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        layers = [layer for _, layer in self.tuner_layers()]
+        requested = self.active_adapters if adapter_names is None else adapter_names
+        names = [n for n in dict.fromkeys(requested) if any(n in layer.settings for layer in layers)]
+        done = [n for n in names if all(n in la.merged_adapters for la in layers if n in la.settings)]
+        if names and len(done) == len(names):
+            warnings.warn("All adapters are already merged, nothing to do.", UserWarning, stacklevel=3)
+            return
+        if done:
+            warnings.warn(f"Adapters already merged, skipped: {done}", UserWarning, stacklevel=3)
+        for name in (n for n in names if n not in done):
+            holders = [la for la in layers if name in la.settings and name not in la.merged_adapters]
+            if safe_merge:
+                for layer in holders:
+                    layer.check_safe_merge(name)
+            for layer in _progress(holders, progressbar, f"Merging {name}"):
+                layer.merge(adapter_names=[name])
 
     def unmerge_adapter(self) -> None:
         merged = [layer for _, layer in self.tuner_layers() if layer.merged]
@@ -273,9 +323,7 @@ class TunerModel(nn.Module):
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
     ) -> nn.Module:
-        layers = self.tuner_layers()
-        for _, layer in _progress(layers, progressbar, "Merging adapters"):
-            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        self._merge(adapter_names, safe_merge, progressbar)
         return self._unwrap()
 
     def unload(self) -> nn.Module:
