@@ -3,6 +3,7 @@ feedforward modules (SPEC §5)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ from .core.config import PeftConfig
 from .core.defaults import IA3_TARGETS
 from .core.kinds import SPATIAL_DIMS, channel_view
 from .core.layer import TunerLayer
-from .core.matching import matches
+from .core.matching import ALL_LINEAR, matches
 from .core.registry import register
 
 UNMERGE_SHIFT = 1e-8
@@ -44,7 +45,8 @@ class IA3Config(PeftConfig):
             )
 
     def resolve_defaults(self, model_type: str | None) -> None:
-        """IA3-CFG-3: table 1.4(b) for both fields; an unknown model type needs both given."""
+        """IA3-CFG-3: table 1.4(b) for both fields; an unknown model type needs both given. A feedforward set that
+        would fail IA3-CFG-2 against the resolved targets is kept as the equivalent pattern."""
         known = model_type in IA3_TARGETS
         if self.target_modules is None:
             if not known:
@@ -59,6 +61,20 @@ class IA3Config(PeftConfig):
                     "`feedforward_modules` (an empty list for none)."
                 )
             self.feedforward_modules = set(IA3_TARGETS[model_type][1])
+        targets, feedforward = self.target_modules, self.feedforward_modules
+        if not (isinstance(feedforward, set) and feedforward):
+            return
+        all_linear = isinstance(targets, str) and targets.lower() == ALL_LINEAR
+        if all_linear or (isinstance(targets, set) and not feedforward <= targets):
+            # The table's column beside explicit targets, or any set beside "all-linear" (which injection expands
+            # to module keys), fails IA3-CFG-2 once saved, and adapter_config.json would not load back (CORE-SAVE-5);
+            # the same rule (IA3-CFG-4) written as one pattern does.
+            self.feedforward_modules = _suffix_pattern(feedforward)
+
+
+def _suffix_pattern(names: set[str]) -> str:
+    """CORE-MATCH-2's list rule (a key equal to an entry or ending in "." + entry) as one full-match pattern."""
+    return r"(?:.*\.)?(?:" + "|".join(re.escape(name) for name in sorted(names)) + ")"
 
 
 @dataclass(frozen=True)
