@@ -6,10 +6,13 @@ from .core.config import PeftConfig
 from .core.layer import TunerLayer
 from .core.peft_model import PeftModel, get_peft_model
 from .ia3 import IA3Config, IA3Layer
+from .loha import LoHaConfig, LoHaLayer
 
 __all__ = [
     "IA3Config",
     "IA3Layer",
+    "LoHaConfig",
+    "LoHaLayer",
     "PeftConfig",
     "PeftModel",
     "TunerLayer",
