@@ -6,10 +6,9 @@ import torch
 import transformers
 
 
-def tiny_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
-    """SPEC §7.2's tiny Llama."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+def tiny_llama_config(**overrides) -> transformers.LlamaConfig:
+    """SPEC §7.2's tiny Llama configuration."""
+    sizes = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -17,7 +16,12 @@ def tiny_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
         num_key_value_heads=4,
         vocab_size=128,
     )
-    return transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaConfig(**{**sizes, **overrides})
+
+
+def tiny_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(tiny_llama_config()).eval()
 
 
 def tiny_gpt2(seed: int = 0) -> transformers.GPT2LMHeadModel:

@@ -17,7 +17,7 @@ import transformers
 from hypothesis import example, given
 from hypothesis import strategies as st
 from test_core_support import LINEAR_KEYS, adapted, ia3, small_net, tuner_layers
-from tiny_models import tiny_gpt2, tiny_llama, tiny_t5
+from tiny_models import tiny_gpt2, tiny_llama, tiny_llama_config, tiny_t5
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -262,16 +262,7 @@ def test_all_linear_gpt2_includes_conv1d():
 
 def _llama_seq_cls() -> transformers.LlamaForSequenceClassification:
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=128,
-        num_labels=3,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config(num_labels=3, pad_token_id=0)
     return transformers.LlamaForSequenceClassification(config).eval()
 
 
