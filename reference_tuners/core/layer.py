@@ -94,6 +94,10 @@ class TunerLayer(nn.Module):
         return params
 
     def adapter_dtype(self, name: str) -> torch.dtype:
+        """The dtype of `name`'s parameters (read from its first container: this runs every forward)."""
+        for container in self.adapter_layer_names:
+            if name in getattr(self, container):
+                return getattr(self, container)[name].dtype
         return next(iter(self.adapter_parameters(name).values())).dtype
 
     def applicable(self, names: Iterable[str]) -> list[str]:
