@@ -3,6 +3,7 @@ feedforward modules (SPEC §5)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .core.kinds import SPATIAL_DIMS, channel_view
 from .core.layer import TunerLayer
 from .core.matching import ALL_LINEAR, matches
 from .core.registry import register
+from .core.tuner_model import TunerModel
 
 UNMERGE_SHIFT = 1e-8
 
@@ -169,4 +171,41 @@ class IA3Layer(TunerLayer):
         return new_weight, divide(bias, vector.reshape(-1))
 
 
-register(IA3Config, IA3Layer, prefix="ia3_")
+def add_weighted_adapter(model: TunerModel, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+    """IA3-WADD-1 (optional capability `ia3.weighted_adapter`): a new adapter with vectors `Σ_k w_k l_k` (a
+    weighted sum, not a product) over the `adapters` present on each layer; its target and feedforward modules
+    are the union (sets) or the alternation of the parenthesised patterns (strings) of theirs."""
+    unknown = [name for name in adapters if name not in model.peft_config]
+    if unknown:
+        raise ValueError(f"Cannot combine unknown adapter(s) {unknown}; known: {list(model.peft_config)}")
+    if len(weights) != len(adapters):
+        raise ValueError(f"Got {len(weights)} weights for {len(adapters)} adapters.")
+    configs = [model.peft_config[name] for name in adapters]
+    targets = _combine("target_modules", [c.target_modules for c in configs])
+    feedforward = _combine("feedforward_modules", [c.feedforward_modules for c in configs])
+    for key, layer in model.tuner_layers():
+        new_feedforward = bool(feedforward) and matches(feedforward, key)
+        clashes = [n for n in adapters if n in layer.settings and layer.settings[n].feedforward != new_feedforward]
+        if clashes:
+            raise ValueError(f"Adapters {clashes} disagree with the combined feedforward_modules on {key!r}.")
+    config = dataclasses.replace(configs[0], target_modules=targets, feedforward_modules=feedforward)
+    model.inject_adapter(config, adapter_name)
+    with torch.no_grad():
+        for _, layer in model.tuner_layers():
+            if adapter_name in layer.settings:
+                combined = layer.ia3_l[adapter_name]
+                combined.zero_()
+                for name, weight in zip(adapters, weights, strict=True):
+                    if name in layer.settings:
+                        combined.add_(layer.ia3_l[name], alpha=weight)
+
+
+def _combine(field_name: str, values: list) -> set[str] | str:
+    if all(isinstance(v, set) for v in values):
+        return set().union(*values)
+    if all(isinstance(v, str) for v in values):
+        return "|".join(f"({v})" for v in values)
+    raise ValueError(f"Cannot combine adapters whose `{field_name}` mix sets and strings: {values}")
+
+
+register(IA3Config, IA3Layer, prefix="ia3_", model_ops={"add_weighted_adapter": add_weighted_adapter})

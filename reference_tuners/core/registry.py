@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from .config import PeftConfig
 from .layer import TunerLayer
@@ -14,13 +17,22 @@ class Tuner:
     prefix: str
     config_cls: type[PeftConfig]
     layer_cls: type[TunerLayer]
+    # Tuner-specific model-level operations, `op(tuner_model, *args)`, reached as methods of the
+    # model (e.g. IA3's `add_weighted_adapter`).
+    model_ops: Mapping[str, Callable[..., Any]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 _TUNERS: dict[str, Tuner] = {}
 
 
-def register(config_cls: type[PeftConfig], layer_cls: type[TunerLayer], prefix: str) -> None:
-    _TUNERS[config_cls.PEFT_TYPE] = Tuner(config_cls.PEFT_TYPE, prefix, config_cls, layer_cls)
+def register(
+    config_cls: type[PeftConfig],
+    layer_cls: type[TunerLayer],
+    prefix: str,
+    model_ops: Mapping[str, Callable[..., Any]] | None = None,
+) -> None:
+    ops = MappingProxyType(dict(model_ops or {}))
+    _TUNERS[config_cls.PEFT_TYPE] = Tuner(config_cls.PEFT_TYPE, prefix, config_cls, layer_cls, ops)
 
 
 def tuner_of(config: PeftConfig) -> Tuner:

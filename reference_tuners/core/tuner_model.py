@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,9 @@ class TunerModel(nn.Module):
         except AttributeError:
             if name == "model":
                 raise
+            tuner = self.__dict__.get("tuner")
+            if tuner is not None and name in tuner.model_ops:
+                return functools.partial(tuner.model_ops[name], self)
             return getattr(self.model, name)
 
     # ---- views ----

@@ -866,3 +866,56 @@ def test_random_init_is_standard_normal_and_seeded():
     assert abs(sample.var().item() - 1) <= 6 * math.sqrt(2 / (n - 1))
     x = torch.rand(3, 2, dtype=F64)
     assert not torch.equal(model(x), base(x)), "IA3-ID-1"
+
+
+# ---- IA3-WADD-1 (optional capability ia3.weighted_adapter) ----
+def _two_adapter_net() -> rt.PeftModel:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    model = rt.get_peft_model(net, rt.IA3Config(target_modules=["0"], feedforward_modules=[], init_ia3_weights=False))
+    model.add_adapter("b", rt.IA3Config(target_modules=["0", "2"], feedforward_modules=["2"], init_ia3_weights=False))
+    return model
+
+
+def test_weighted_adapter_is_a_weighted_sum_over_present_adapters():
+    """IA3-WADD-1: l_c = Σ_k w_k l_k (adapters absent from a layer contribute nothing); union of the module sets."""
+    model = _two_adapter_net()
+    layer0, layer2 = model.base_model.model[0], model.base_model.model[2]
+    model.add_weighted_adapter(["default", "b"], [0.3, 0.7], "c")
+    expected0 = 0.3 * layer0.ia3_l["default"] + 0.7 * layer0.ia3_l["b"]
+    torch.testing.assert_close(layer0.ia3_l["c"], expected0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer2.ia3_l["c"], 0.7 * layer2.ia3_l["b"], rtol=1e-12, atol=1e-12)
+    config = model.peft_config["c"]
+    assert config.target_modules == {"0", "2"} and config.feedforward_modules == {"2"}
+    assert layer2.settings["c"].feedforward and not layer0.settings["c"].feedforward
+    assert model.active_adapters == ["default"] and not layer0.ia3_l["c"].requires_grad
+
+
+def test_weighted_adapter_strings_alternate_and_vectors_match_peft():
+    """IA3-WADD-1 for string patterns; the combined vectors agree with peft's add_weighted_adapter."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    results = {}
+    for lib in (rt, peft):
+        torch.manual_seed(4)
+        model = lib.get_peft_model(
+            copy.deepcopy(net), lib.IA3Config(target_modules="0", feedforward_modules="2", init_ia3_weights=False)
+        )
+        model.add_adapter("b", lib.IA3Config(target_modules="2", feedforward_modules="2", init_ia3_weights=False))
+        model.add_weighted_adapter(["default", "b"], [0.5, -2.0], "c")
+        results[lib.__name__] = {k: v for k, v in model.state_dict().items() if k.endswith("ia3_l.c")}
+        assert model.peft_config["c"].target_modules == "(0)|(2)"
+    assert results["reference_tuners"].keys() == results["peft"].keys()
+    for key, value in results["reference_tuners"].items():
+        torch.testing.assert_close(value, results["peft"][key], rtol=1e-6, atol=1e-7)  # peft sums in float32
+
+
+def test_weighted_adapter_rejects_bad_input():
+    """IA3-WADD-1: unknown adapter, mixed set/string kinds → ValueError naming the subject."""
+    model = _two_adapter_net()
+    with pytest.raises(ValueError, match="nope"):
+        model.add_weighted_adapter(["default", "nope"], [1.0, 1.0], "c")
+    model.add_adapter("s", rt.IA3Config(target_modules="0", feedforward_modules="2"))
+    with pytest.raises(ValueError, match="target_modules"):
+        model.add_weighted_adapter(["default", "s"], [1.0, 1.0], "c")
+    assert "c" not in model.peft_config
