@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from .config import PeftConfig
@@ -19,7 +18,7 @@ class Tuner:
     layer_cls: type[TunerLayer]
     # Tuner-specific model-level operations, `op(tuner_model, *args)`, reached as methods of the
     # model (e.g. IA3's `add_weighted_adapter`).
-    model_ops: Mapping[str, Callable[..., Any]] = field(default_factory=lambda: MappingProxyType({}))
+    model_ops: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 _TUNERS: dict[str, Tuner] = {}
@@ -31,7 +30,7 @@ def register(
     prefix: str,
     model_ops: Mapping[str, Callable[..., Any]] | None = None,
 ) -> None:
-    ops = MappingProxyType(dict(model_ops or {}))
+    ops = dict(model_ops or {})
     _TUNERS[config_cls.PEFT_TYPE] = Tuner(config_cls.PEFT_TYPE, prefix, config_cls, layer_cls, ops)
 
 
