@@ -14,7 +14,7 @@ from torch import nn
 
 from .core.config import PeftConfig
 from .core.defaults import IA3_TARGETS
-from .core.kinds import SPATIAL_DIMS, channel_view
+from .core.kinds import SPATIAL_DIMS, channel_view, check_orientation
 from .core.layer import TunerLayer
 from .core.matching import ALL_LINEAR, matches
 from .core.registry import register
@@ -93,14 +93,7 @@ class IA3Layer(TunerLayer):
 
     @classmethod
     def resolve_settings(cls, config: IA3Config, key: str, base_layer: nn.Module, kind: str) -> IA3Settings:
-        expected = kind == "hf_conv1d"
-        if kind in ("linear", "hf_conv1d") and config.fan_in_fan_out != expected:
-            warnings.warn(
-                f"fan_in_fan_out={config.fan_in_fan_out} does not fit {key!r} ({type(base_layer).__name__}); "
-                f"using fan_in_fan_out={expected} for it.",
-                UserWarning,
-                stacklevel=2,
-            )
+        check_orientation(config.fan_in_fan_out, key, base_layer, kind)
         feedforward = bool(config.feedforward_modules) and matches(config.feedforward_modules, key)
         return IA3Settings(feedforward=feedforward, init_ones=config.init_ia3_weights)
 

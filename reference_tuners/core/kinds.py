@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -70,3 +71,16 @@ def channel_view(vector: torch.Tensor, kind: str) -> torch.Tensor:
     """A 1-D per-feature (per-channel) vector shaped to broadcast along the feature axis of an
     activation: the last axis for linear kinds, the channel axis (batched or not) for convolutions."""
     return vector.reshape(-1, *([1] * SPATIAL_DIMS[kind]))
+
+
+def check_orientation(fan_in_fan_out: bool, key: str, base: nn.Module, kind: str) -> None:
+    """GRALORA-LAYER-2, IA3-LAYER-3: the layer decides the orientation (Conv1D stores Wᵀ); a config
+    `fan_in_fan_out` that disagrees is overridden for this layer, with a warning."""
+    expected = kind == "hf_conv1d"
+    if kind in LINEAR_KINDS and fan_in_fan_out != expected:
+        warnings.warn(
+            f"fan_in_fan_out={fan_in_fan_out} does not fit {key!r} ({type(base).__name__}); "
+            f"using fan_in_fan_out={expected} for it.",
+            UserWarning,
+            stacklevel=4,
+        )

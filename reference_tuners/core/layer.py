@@ -212,8 +212,8 @@ class AdditiveLayer(TunerLayer):
 
     def merged_tensors(self, name: str) -> tuple[torch.Tensor, None]:
         weight = self.base_weight()
-        return weight + self.delta_weight(name).to(weight.dtype), None
+        return (weight + self.delta_weight(name)).to(weight.dtype), None  # one rounding, in the wider dtype
 
     def unmerged_tensors(self, name: str) -> tuple[torch.Tensor, None]:
         weight = self.base_weight()
-        return weight - self.delta_weight(name).to(weight.dtype), None
+        return (weight - self.delta_weight(name)).to(weight.dtype), None
