@@ -5,10 +5,13 @@ from ._version import __version__
 from .core.config import PeftConfig
 from .core.layer import TunerLayer
 from .core.peft_model import PeftModel, get_peft_model
+from .gralora import GraLoRAConfig, GraLoRALayer
 from .ia3 import IA3Config, IA3Layer
 from .loha import LoHaConfig, LoHaLayer
 
 __all__ = [
+    "GraLoRAConfig",
+    "GraLoRALayer",
     "IA3Config",
     "IA3Layer",
     "LoHaConfig",
