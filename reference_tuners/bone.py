@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.config import PeftConfig, check_layer_filters, check_positive, check_probability
-from .core.kinds import features, stored_layout
+from .core.kinds import features
 from .core.layer import TunerLayer
 from .core.registry import register
 
@@ -213,12 +213,6 @@ class BlockLayer(TunerLayer):
             return bat_inverse(weight.to(block.dtype), block, name).to(weight.dtype), None
         return (weight.to(block.dtype) - self.delta_weight(name)).to(weight.dtype), None
 
-    def stored_like_base(self, weight: torch.Tensor) -> torch.Tensor:
-        """BONE-DTYPE-1: `W_eff` stored as the base weight is — its dtype and memory layout (Conv1D: `Wᵀ`
-        contiguous) — so that `op` rounds as the base layer does (a zero block gives `base(x)` bitwise, BONE-ID-1)."""
-        stored = stored_layout(weight, self.kind).to(self.base_layer.weight.dtype)
-        return stored_layout(stored.contiguous(), self.kind)
-
     # ---- forward (BONE-FWD-1…3, BONE-BAT-1, BONE-MULTI-1/2, MISS-MINI-2, MISS-DROP-1) ----
     def adapted_forward(self, x: torch.Tensor, active: list[str], *args: Any, **kwargs: Any) -> torch.Tensor:
         """BONE-MULTI-2: the active list, in order, up to its last BAT adapter is folded into one effective weight
@@ -231,7 +225,8 @@ class BlockLayer(TunerLayer):
             weight = self.base_weight()
             for name in folded:
                 weight = self.transformed(weight, name)
-            result = self.op(x, self.stored_like_base(weight), self.base_layer.bias)
+            # BONE-DTYPE-1: stored in the base dtype, so a zero block gives base(x) bitwise (BONE-ID-1)
+            result = self.op(x, weight.to(self.base_layer.weight.dtype), self.base_layer.bias)
         else:
             result = self.base_layer(x, *args, **kwargs)
         for name in added:

@@ -52,8 +52,15 @@ def stored_layout(weight: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def apply_op(base: nn.Module, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """op(x; W', b'): the base layer's computation with its parameters replaced (W' logical)."""
-    if kind in LINEAR_KINDS:
+    """op(x; W', b'): the base layer's computation with its parameters replaced (W' logical), done as the
+    base layer does it, so that unchanged values give bitwise its output (transformers Conv1D: `addmm` on the
+    stored layout `W'ᵀ`, made contiguous as the stored weight is)."""
+    if kind == "hf_conv1d":
+        stored = weight.T if weight.T.is_contiguous() else weight.T.contiguous()
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat @ stored if bias is None else torch.addmm(bias, flat, stored)
+        return out.reshape(*x.shape[:-1], stored.shape[-1])
+    if kind == "linear":
         return F.linear(x, weight, bias)
     return base._conv_forward(x, weight, bias)  # keeps stride, padding (incl. modes), dilation, groups
 
