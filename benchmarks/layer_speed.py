@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shape = (*args.tokens, args.features)
-    print(f"Linear {args.features}x{args.features}, x {shape} float32, {args.threads} threads, medians of {args.rounds}")
+    features, threads = args.features, args.threads
+    print(f"Linear {features}x{features}, x {shape} float32, {threads} threads, medians of {args.rounds}")
     print("| tuner | op | base ms | reference ms | peft ms | ref/base | peft/base | ref/peft |")
     print("|---|---|---|---|---|---|---|---|")
     for tuner in args.tuner or list(CONFIGS):

@@ -8,6 +8,7 @@ from .core.config import PeftConfig
 from .core.layer import TunerLayer
 from .core.peft_model import PeftModel, get_peft_model
 from .gralora import GraLoRAConfig, GraLoRALayer
+from .hra import HRAConfig, HRALayer
 from .ia3 import IA3Config, IA3Layer
 from .loha import LoHaConfig, LoHaLayer
 
@@ -16,6 +17,8 @@ __all__ = [
     "BoneLayer",
     "GraLoRAConfig",
     "GraLoRALayer",
+    "HRAConfig",
+    "HRALayer",
     "IA3Config",
     "IA3Layer",
     "LoHaConfig",
