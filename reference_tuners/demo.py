@@ -13,11 +13,27 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import IA3Config, LoHaConfig, PeftConfig, PeftModel, get_peft_model
+from . import (
+    BoneConfig,
+    GraLoRAConfig,
+    HRAConfig,
+    IA3Config,
+    LoHaConfig,
+    MissConfig,
+    PeftConfig,
+    PeftModel,
+    get_peft_model,
+)
 
+LINEARS = ["proj", "out"]
 DEMO_CONFIGS: dict[str, Callable[[], PeftConfig]] = {
-    "ia3": lambda: IA3Config(target_modules=["proj", "out", "conv"], feedforward_modules=["out"]),
-    "loha": lambda: LoHaConfig(r=4, alpha=8, target_modules=["proj", "out", "conv"], use_effective_conv2d=True),
+    "bone": lambda: BoneConfig(r=4, target_modules=LINEARS),
+    "bat": lambda: BoneConfig(r=4, init_weights="bat", target_modules=LINEARS),
+    "miss-mini": lambda: MissConfig(r=4, init_weights="mini", mini_r=2, target_modules=LINEARS),
+    "gralora": lambda: GraLoRAConfig(r=4, gralora_k=2, hybrid_r=2, target_modules=LINEARS),
+    "hra": lambda: HRAConfig(r=4, target_modules=[*LINEARS, "conv"]),
+    "ia3": lambda: IA3Config(target_modules=[*LINEARS, "conv"], feedforward_modules=["out"]),
+    "loha": lambda: LoHaConfig(r=4, alpha=8, target_modules=[*LINEARS, "conv"], use_effective_conv2d=True),
 }
 
 
@@ -62,7 +78,7 @@ def run(name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tuner", action="append", choices=sorted(DEMO_CONFIGS), help="default: all")
-    for name in parser.parse_args(argv).tuner or sorted(DEMO_CONFIGS):
+    for name in parser.parse_args(argv).tuner or list(DEMO_CONFIGS):
         run(name)
 
 
