@@ -1,0 +1,89 @@
+"""Hypothesis strategies for base layers and inputs, and the torch modules they describe.
+
+Shapes stay small (§8's input domain: ≤ 64 per axis, entries of order 1); tensors come from a
+`torch.Generator` seeded by a drawn integer, so shrinking works on shapes and configs.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+from .spec.layer import Layer
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+@st.composite
+def layers(draw: st.DrawFn, kind: str, max_features: int = 12) -> Layer:
+    """A base-layer geometry of `kind`; convolutions vary groups, kernel, stride, padding, dilation, mode."""
+    if kind in ("linear", "hf_conv1d"):
+        n_in = draw(st.integers(1, max_features), label="in_features")
+        n_out = draw(st.integers(1, max_features), label="out_features")
+        return Layer(kind, n_in, n_out)
+    dims = int(kind[4])
+    groups = draw(st.sampled_from([1, 1, 2]), label="groups")
+    n_in = groups * draw(st.integers(1, 3), label="channels_per_group")
+    n_out = groups * draw(st.integers(1, 3), label="out_per_group")
+    kernel = tuple(draw(st.lists(st.integers(1, 3), min_size=dims, max_size=dims), label="kernel_size"))
+    stride = tuple(draw(st.lists(st.integers(1, 2), min_size=dims, max_size=dims), label="stride"))
+    dilation = tuple(draw(st.lists(st.integers(1, 2), min_size=dims, max_size=dims), label="dilation"))
+    choices = ["valid", (0,) * dims, (1,) * dims] + (["same"] if set(stride) == {1} else [])
+    padding = draw(st.sampled_from(choices), label="padding")
+    mode = draw(st.sampled_from(PADDING_MODES), label="padding_mode") if padding != "valid" else "zeros"
+    return Layer(kind, n_in, n_out, kernel, stride, padding, dilation, groups, mode)
+
+
+@st.composite
+def input_shapes(draw: st.DrawFn, layer: Layer) -> tuple[int, ...]:
+    """Linear kinds: 1-D to 4-D, leading sizes 0–3. Convolutions: batched (size 0–2) or unbatched, spatial
+    sizes large enough for the kernel and for reflect padding."""
+    if not layer.is_conv:
+        lead = draw(st.lists(st.integers(0, 3), min_size=0, max_size=3), label="leading_dims")
+        return (*lead, layer.in_features)
+    spatial = []
+    for i, k in enumerate(layer.kernel_size):
+        reach = layer.dilation[i] * (k - 1) + 1
+        pad = 0 if isinstance(layer.padding, str) else layer.padding[i]
+        least = max(reach - 2 * pad, pad + 1, 1)
+        if layer.padding == "same":
+            least = max(least, reach // 2 + 1)
+        spatial.append(draw(st.integers(least, least + 3), label=f"size_{i}"))
+    batch = draw(st.sampled_from([None, 0, 1, 2]), label="batch")
+    lead = () if batch is None else (batch,)
+    return (*lead, layer.in_features, *spatial)
+
+
+def build_base(layer: Layer, dtype: str, seed: int, bias: bool = True) -> nn.Module:
+    """The torch module a `Layer` describes, with O(1) weights drawn from `seed`."""
+    if layer.kind == "linear":
+        module = nn.Linear(layer.in_features, layer.out_features, bias=bias)
+    elif layer.kind == "hf_conv1d":
+        from transformers.pytorch_utils import Conv1D
+
+        module = Conv1D(layer.out_features, layer.in_features)
+    else:
+        conv = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[layer.kind]
+        module = conv(
+            layer.in_features, layer.out_features, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+            dilation=layer.dilation, groups=layer.groups, padding_mode=layer.padding_mode, bias=bias,
+        )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.rand(param.shape, generator=generator, dtype=torch.float64) * 2 - 1)
+    return module.to(DTYPES[dtype])
+
+
+def logical_weight(module: nn.Module, layer: Layer) -> torch.Tensor:
+    """W in logical orientation, float64 (transformers Conv1D stores Wᵀ)."""
+    weight = module.weight.detach().double()
+    return weight.T if layer.kind == "hf_conv1d" else weight
+
+
+def random_tensor(shape: tuple[int, ...], dtype: str, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).to(DTYPES[dtype])
