@@ -9,9 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
+import torch
 from hypothesis import strategies as st
 
 from .layer import Layer
+
+
+def uniform_params(
+    config: dict, layer: Layer, shapes: dict[str, tuple[int, ...]], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Generic adapter parameters of §8's input domain: i.i.d. U(−1, 1)."""
+    return {name: torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1 for name, shape in shapes.items()}
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class TunerRecord:
     # The per-module config the oracle reads, from the canonical config and the module key.
     resolve: Callable[[dict, str], dict] = lambda config, key: config
     defaults: dict = field(default_factory=dict)  # SPEC table defaults (CFG-1 clauses)
+    # Non-identity parameters inside §8's input domain, by canonical name, for the given shapes.
+    perturb: Callable[[dict, Layer, dict[str, tuple[int, ...]], torch.Generator], dict] = uniform_params
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)

@@ -1,0 +1,115 @@
+"""Every check of the suite goes through these helpers, so that every failure explains itself: clause,
+tuner, implementation, config, shapes, dtype, seed, the largest error and where, the tolerance used,
+and a repro (STYLE.md §2).
+
+A violated clause raises `ClauseFailure` (the row becomes `fail`); any other exception raised while a
+contract runs means the implementation raised where SPEC requires an answer (`error`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .spec.tolerances import Tolerance, violations
+
+
+class ClauseFailure(AssertionError):
+    """A clause does not hold for the implementation under test."""
+
+
+@dataclass
+class Context:
+    """What a failure message names besides the values compared."""
+
+    clause: str
+    tuner: str
+    implementation: str
+    config: dict = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtype: str | None = None
+    seed: int | None = None
+    repro: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"[{self.clause}, tuner {self.tuner}, implementation {self.implementation}"]
+        if self.dtype:
+            parts.append(f", dtype {self.dtype}")
+        if self.seed is not None:
+            parts.append(f", seed {self.seed}")
+        parts.append("]")
+        lines = ["".join(parts), f"config: {self.config}"]
+        if self.shapes:
+            lines.append("shapes: " + ", ".join(f"{k} {tuple(v)}" for k, v in self.shapes.items()))
+        if self.repro:
+            lines.append("repro:\n" + self.repro)
+        return "\n".join(lines)
+
+
+def fail(context: Context, message: str) -> None:
+    __tracebackhide__ = True
+    raise ClauseFailure(f"{message} {context.describe()}")
+
+
+def assert_close_to_oracle(
+    *,
+    context: Context,
+    what: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    tol: Tolerance,
+    scale: float,
+    extra: torch.Tensor | float = 0.0,
+) -> None:
+    """`actual` equals the oracle's `expected` within §8's `extra + a·S + r·|expected|`."""
+    __tracebackhide__ = True
+    if tuple(actual.shape) != tuple(expected.shape):
+        fail(context, f"{what} has shape {tuple(actual.shape)}, but should have shape {tuple(expected.shape)}")
+    bad = violations(actual, expected, tol, scale, extra)
+    if bad.any():
+        error = (actual.detach().double() - expected.detach().double()).abs()
+        error = torch.where(torch.isnan(error), torch.full_like(error, float("inf")), error)
+        where = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
+        worst = error.argmax()
+        got, want = actual.detach().flatten()[worst].item(), expected.detach().flatten()[worst].item()
+        bound = f"atol {tol.atol(scale):.3g} + rtol {tol.rtol:.3g}·|ref|"
+        fail(
+            context,
+            f"{what} = {got:.6g} at {where}, but should be {want:.6g}: largest error {error.max().item():.3g} "
+            f"({int(bad.sum())} of {bad.numel()} elements outside {bound})",
+        )
+
+
+def assert_equal(context: Context, what: str, actual: Any, expected: Any) -> None:
+    """⟨S⟩/⟨Z⟩ checks: exact equality (`torch.equal` for tensors)."""
+    __tracebackhide__ = True
+    same = torch.equal(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
+    if not same:
+        fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}")
+
+
+def assert_raises_clause(
+    context: Context, exceptions: tuple[type[BaseException], ...], subject: str, call: Callable[[], Any]
+) -> BaseException:
+    """The call raises one of `exceptions` whose message names `subject` (case-insensitively, SPEC §0.1)."""
+    __tracebackhide__ = True
+    wanted = " or ".join(e.__name__ for e in exceptions)
+    try:
+        call()
+    except Exception as exc:
+        if not isinstance(exc, exceptions):
+            fail(context, f"raised {type(exc).__name__}({exc}), but should raise {wanted}")
+        if not re.search(re.escape(subject), str(exc), re.IGNORECASE):
+            fail(context, f"the {type(exc).__name__} raised does not name {subject!r}: {exc}")
+        return exc
+    fail(context, f"no {wanted} was raised (subject {subject!r})")
+    raise AssertionError  # unreachable: fail() raises
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,85 @@
+"""Building one adapted layer for a row: the base module, a drawn config, the adapter through the
+driver, and parameters perturbed inside §8's input domain. Contract tests share these steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+from .assertions import Context
+from .drivers.base import Driver
+from .rows import RowSpec
+from .spec.layer import Adapter, Layer
+from .spec.record import TunerRecord
+from .strategies import DTYPES, build_base, input_shapes, layers, logical_weight, random_tensor, seeds
+
+KEY = "layer"
+
+
+class Holder(nn.Module):
+    """A model holding one base layer under the key `layer` (layer-scope rows)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+@dataclass
+class AdaptedLayer:
+    row: RowSpec
+    record: TunerRecord
+    layer: Layer
+    config: dict
+    seed: int
+    model: nn.Module
+    context: Context
+
+    def base_tensors(self, driver: Driver) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The live base weight (logical orientation) and bias, in float64."""
+        base = driver.layer_state(self.model, KEY).base_layer
+        bias = None if base.bias is None else base.bias.detach().double()
+        return logical_weight(base, self.layer), bias
+
+    def adapter(self, driver: Driver, name: str = "default") -> Adapter:
+        """The oracle's view of adapter `name`: resolved config, parameters read back in float64."""
+        params = {k: v.double() for k, v in driver.get_params(self.model, KEY, name).items()}
+        return Adapter(self.record.resolve(self.config, KEY), params)
+
+    def input(self, data: st.DataObject) -> torch.Tensor:
+        shape = data.draw(input_shapes(self.layer), label="input_shape")
+        self.context.shapes["x"] = shape
+        return random_tensor(shape, self.row.dtype, self.seed + 1)
+
+
+def require_base_runs(module: nn.Module, layer: Layer, dtype: str) -> None:
+    """Skip rows whose base layer itself cannot run in `dtype` on this device (not the implementation's fault)."""
+    spatial = [d * (k - 1) + 3 for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+    probe = torch.zeros((1, layer.in_features, *spatial), dtype=DTYPES[dtype])
+    try:
+        module(probe)
+    except RuntimeError as exc:
+        pytest.skip(f"the base {layer.kind} cannot run {dtype} here: {exc}")
+
+
+def adapt_layer(driver: Driver, row: RowSpec, record: TunerRecord, data: st.DataObject) -> AdaptedLayer:
+    """Draw a layer and a config for the row, adapt a fresh base module through the driver and perturb the
+    adapter's parameters to generic values of the input domain."""
+    layer = data.draw(layers(row.layer_kind), label="layer")
+    variant = record.variant(row.variant)
+    config = data.draw(record.configs(layer, variant, row.init), label="config")
+    seed = data.draw(seeds, label="seed")
+    base = build_base(layer, row.dtype, seed)
+    require_base_runs(base, layer, row.dtype)
+    model = driver.adapt(Holder(base), row.tuner, driver.make_config(row.tuner, {**config, "target_modules": [KEY]}))
+    shapes = {name: tuple(t.shape) for name, t in driver.get_params(model, KEY, "default").items()}
+    generator = torch.Generator().manual_seed(seed + 2)
+    driver.set_params(model, KEY, "default", record.perturb(record.resolve(config, KEY), layer, shapes, generator))
+    context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, row.dtype, seed)
+    return AdaptedLayer(row, record, layer, config, seed, model.eval(), context)

@@ -1,0 +1,154 @@
+"""The pytest plugin: `pytest --pyargs conformance --impl NAME` (also what `tunerspec check` runs).
+
+- registers the project's hypothesis profiles (`tunerspec-dev`, `tunerspec-ci`, `tunerspec-thorough`);
+- builds the driver named by `--impl` (a built-in name or `package.module:Class`);
+- parametrizes every `@pytest.mark.contract(clause, axes=…)` test with one `RowSpec` per report row;
+- turns each row's outcome into a status: `pass`; `fail` for a `ClauseFailure` (a violated clause, or a
+  MUST capability the driver lacks); `error` for any other exception (the implementation raised where
+  SPEC requires an answer); `skip` with the reason decided in `conformance.rows`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from dataclasses import asdict
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from .assertions import ClauseFailure
+from .drivers.base import Driver
+from .rows import RowSpec, expand
+from .spec.records import RECORDS
+
+_COMMON = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=False)
+settings.register_profile("tunerspec-dev", max_examples=5, **_COMMON)
+settings.register_profile("tunerspec-ci", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("tunerspec-thorough", max_examples=200, **_COMMON)
+
+BUILTIN_DRIVERS = {"reference": "conformance.drivers.reference:ReferenceDriver"}
+RESULTS = pytest.StashKey[list]()
+
+
+def load_driver(spec: str) -> Driver:
+    """A built-in driver name or `package.module:Class`; the class is instantiated without arguments."""
+    target = BUILTIN_DRIVERS.get(spec, spec)
+    module_name, _, class_name = target.partition(":")
+    if not class_name:
+        raise pytest.UsageError(f"--impl {spec!r}: use a built-in name {sorted(BUILTIN_DRIVERS)} or module:Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise pytest.UsageError(f"--impl {spec!r}: cannot load the driver: {exc}") from exc
+    return cls()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tunerspec", "tunerspec conformance suite")
+    group.addoption("--impl", default="reference", help="implementation: built-in driver name or module:Class")
+    group.addoption("--tuner", action="append", default=None, help="check only this tuner (repeatable)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "contract(clause, axes=()): a contract test producing report rows")
+    config.stash[RESULTS] = []
+
+
+@pytest.fixture(scope="session")
+def driver(pytestconfig: pytest.Config) -> Driver:
+    return _driver(pytestconfig)
+
+
+def _driver(config: pytest.Config) -> Driver:
+    cached = getattr(config, "_tunerspec_driver", None)
+    if cached is None:
+        cached = load_driver(config.getoption("--impl"))
+        config._tunerspec_driver = cached
+    return cached
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("contract")
+    if marker is None or "row" not in metafunc.fixturenames:
+        return
+    driver = _driver(metafunc.config)
+    tuners = metafunc.config.getoption("--tuner") or list(RECORDS)
+    rows = []
+    for clause in marker.args:
+        rows += expand(clause, marker.kwargs.get("axes", ()), RECORDS, driver.capabilities(), tuners)
+    metafunc.parametrize("row", rows, ids=[r.id for r in rows])
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    row = _row(item)
+    if row is not None and row.skip:
+        pytest.skip(row.skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    row = _row(pyfuncitem)
+    if row is not None and row.unsupported:
+        raise ClauseFailure(f"unsupported, required by {row.clause}: {row.unsupported}")
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    row = _row(item)
+    if row is None or (report.when != "call" and not (report.failed or report.skipped)):
+        return
+    status, detail = _status(report, call)
+    item.config.stash[RESULTS].append({**_row_fields(row), "status": status, "detail": detail})
+
+
+def _row(item: pytest.Item) -> RowSpec | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("row") if callspec is not None else None
+
+
+def _row_fields(row: RowSpec) -> dict:
+    fields = asdict(row)
+    fields.pop("skip")
+    fields.pop("unsupported")
+    return fields
+
+
+def _status(report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str]:
+    if report.skipped:
+        return "skip", _one_line(str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped")
+    if report.passed:
+        return "pass", "held"
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if report.when == "call" and _is_violation(exc):
+        return "fail", _one_line(str(exc))
+    return "error", _one_line(f"{type(exc).__name__}: {exc}" if exc is not None else str(report.longrepr))
+
+
+def _is_violation(exc: BaseException | None) -> bool:
+    if isinstance(exc, ClauseFailure):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_violation(e) for e in exc.exceptions)
+    return False
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    results = config.stash.get(RESULTS, [])
+    if not results:
+        return
+    counts = Counter((r["tuner"], r["family"], r["status"]) for r in results)
+    terminalreporter.section("tunerspec rows (tuner × family)")
+    for tuner, family in sorted({(t, f) for t, f, _ in counts}):
+        by_status = {s: n for (t, f, s), n in counts.items() if (t, f) == (tuner, family)}
+        terminalreporter.write_line(
+            f"{tuner:8} {family:12} " + " ".join(f"{s}={n}" for s, n in sorted(by_status.items()))
+        )

@@ -1,0 +1,95 @@
+"""Result rows: a contract test is parametrized with one `RowSpec` per report row it produces
+(DESIGN.md: one row per tuner, clause, scope, variant, init, layer kind, dtype and peer).
+
+Rows an implementation cannot run are decided here, before any test runs: an unclaimed tuner, a surface
+not offered or an optional capability not declared → `skip`; a MUST layer kind, variant or dtype the
+driver does not support → `fail` ("unsupported, required by …").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+from .drivers.base import TUNERS, Capabilities
+from .spec.families import family_of, surface
+from .spec.record import TunerRecord
+
+AXES = ("variant", "init", "layer_kind", "dtype")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    tuner: str
+    clause: str
+    family: str
+    scope: str = "layer"
+    variant: str | None = None
+    init: str | None = None
+    layer_kind: str | None = None
+    dtype: str | None = None
+    peer: str | None = None
+    skip: str | None = None  # decided before running: the reason
+    unsupported: str | None = None  # decided before running: a MUST capability the driver lacks
+
+    @property
+    def id(self) -> str:
+        fields = (self.tuner, self.clause, self.scope, self.variant, self.init, self.layer_kind, self.dtype, self.peer)
+        return "-".join(str(f) for f in fields if f is not None)
+
+
+def expand(
+    clause: str,
+    axes: Iterable[str],
+    records: dict[str, TunerRecord],
+    capabilities: Capabilities,
+    tuners: Iterable[str] = TUNERS,
+    dtypes: Iterable[str] = ("float64", "float32", "bfloat16", "float16"),
+    inits: Iterable[str] = ("random",),
+    scope: str = "layer",
+) -> Iterator[RowSpec]:
+    """The rows of `clause` (a CORE clause on every tuner, a tuner clause on the tuners whose record
+    checks its prefix) over the requested axes."""
+    axes = tuple(axes)
+    family = family_of(clause)
+    prefix = clause.split("-", 1)[0]
+    for tuner in tuners:
+        record = records[tuner]
+        if prefix != "CORE" and prefix not in record.clause_prefixes:
+            continue
+        base = RowSpec(tuner, clause, family, scope)
+        claims = capabilities.tuners.get(tuner)
+        if claims is None:
+            yield replace(base, skip=f"tuner {tuner} not claimed by the implementation")
+            continue
+        if surface(family) not in claims.surfaces:
+            yield replace(base, skip=f"surface not offered: {surface(family)}")
+            continue
+        for row in _over_axes(base, axes, record, dtypes, inits):
+            yield _decide(row, record, claims)
+
+
+def _over_axes(base: RowSpec, axes: tuple[str, ...], record: TunerRecord, dtypes, inits) -> Iterator[RowSpec]:
+    variants = [v.name for v in record.variants] if "variant" in axes else [None]
+    kinds = sorted(record.kinds) if "layer_kind" in axes else [None]
+    for variant in variants:
+        for kind in kinds:
+            if variant is not None and kind is not None and not record.variant(variant).applies_to(kind):
+                continue
+            for init in inits if "init" in axes else [None]:
+                for dtype in dtypes if "dtype" in axes else [None]:
+                    yield replace(base, variant=variant, init=init, layer_kind=kind, dtype=dtype)
+
+
+def _decide(row: RowSpec, record: TunerRecord, claims) -> RowSpec:
+    if row.layer_kind in record.optional_kinds:
+        capability = record.optional_kinds[row.layer_kind]
+        if capability not in claims.optional:
+            return replace(row, skip=f"optional capability not declared: {capability}")
+    elif row.layer_kind is not None and row.layer_kind not in claims.layer_kinds:
+        return replace(row, unsupported=f"layer kind {row.layer_kind}")
+    if row.variant is not None and row.variant not in claims.variants:
+        return replace(row, unsupported=f"variant {row.variant}")
+    if row.dtype is not None and row.dtype not in claims.dtypes:
+        return replace(row, unsupported=f"dtype {row.dtype}")
+    return row
