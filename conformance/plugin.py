@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from .assertions import ClauseFailure
 from .drivers.base import Driver
@@ -23,6 +23,7 @@ from .rows import RowSpec, expand
 from .spec.records import RECORDS
 
 _COMMON = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=False)
+_COMMON["phases"] = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]  # no "explain"
 settings.register_profile("tunerspec-dev", max_examples=5, **_COMMON)
 settings.register_profile("tunerspec-ci", max_examples=10, derandomize=True, **_COMMON)
 settings.register_profile("tunerspec-thorough", max_examples=200, **_COMMON)
@@ -51,7 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "contract(clause, axes=()): a contract test producing report rows")
+    config.addinivalue_line(
+        "markers",
+        "contract(*clauses, axes=(), dtypes=…, inits=…, scope='layer', kinds=None, variants=None): "
+        "a contract test producing one report row per clause and combination of the axes",
+    )
     config.stash[RESULTS] = []
 
 
@@ -74,9 +79,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     driver = _driver(metafunc.config)
     tuners = metafunc.config.getoption("--tuner") or list(RECORDS)
+    options = {k: v for k, v in marker.kwargs.items() if k in ("axes", "dtypes", "inits", "scope", "kinds", "variants")}
     rows = []
     for clause in marker.args:
-        rows += expand(clause, marker.kwargs.get("axes", ()), RECORDS, driver.capabilities(), tuners)
+        rows += expand(clause, records=RECORDS, capabilities=driver.capabilities(), tuners=tuners, **options)
     metafunc.parametrize("row", rows, ids=[r.id for r in rows])
 
 

@@ -40,17 +40,22 @@ class RowSpec:
 
 def expand(
     clause: str,
-    axes: Iterable[str],
+    axes: Iterable[str] = (),
+    *,
     records: dict[str, TunerRecord],
     capabilities: Capabilities,
     tuners: Iterable[str] = TUNERS,
     dtypes: Iterable[str] = ("float64", "float32", "bfloat16", "float16"),
     inits: Iterable[str] = ("random",),
     scope: str = "layer",
+    kinds: Iterable[str] | None = None,
+    variants: Iterable[str] | None = None,
 ) -> Iterator[RowSpec]:
     """The rows of `clause` (a CORE clause on every tuner, a tuner clause on the tuners whose record
-    checks its prefix) over the requested axes."""
+    checks its prefix) over the requested axes, optionally restricted to some layer kinds / variants."""
     axes = tuple(axes)
+    kinds = None if kinds is None else frozenset(kinds)
+    variants = None if variants is None else frozenset(variants)
     family = family_of(clause)
     prefix = clause.split("-", 1)[0]
     for tuner in tuners:
@@ -66,7 +71,8 @@ def expand(
             yield replace(base, skip=f"surface not offered: {surface(family)}")
             continue
         for row in _over_axes(base, axes, record, dtypes, inits):
-            yield _decide(row, record, claims)
+            if (kinds is None or row.layer_kind in kinds) and (variants is None or row.variant in variants):
+                yield _decide(row, record, claims)
 
 
 def _over_axes(base: RowSpec, axes: tuple[str, ...], record: TunerRecord, dtypes, inits) -> Iterator[RowSpec]:
