@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from collections import Counter
 from dataclasses import asdict
 
@@ -49,6 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tunerspec", "tunerspec conformance suite")
     group.addoption("--impl", default="reference", help="implementation: built-in driver name or module:Class")
     group.addoption("--tuner", action="append", default=None, help="check only this tuner (repeatable)")
+    group.addoption("--tunerspec-rows", default=None, help="write the result rows as JSON to this file")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,7 +129,7 @@ def _status(report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str]
     if report.skipped:
         return "skip", _one_line(str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped")
     if report.passed:
-        return "pass", "held"
+        return "pass", "held on every drawn case"
     exc = call.excinfo.value if call.excinfo is not None else None
     if report.when == "call" and _is_violation(exc):
         return "fail", _one_line(str(exc))
@@ -145,6 +147,13 @@ def _is_violation(exc: BaseException | None) -> bool:
 def _one_line(text: str, limit: int = 400) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--tunerspec-rows")
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(session.config.stash.get(RESULTS, []), fh)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
