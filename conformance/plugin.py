@@ -115,7 +115,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def _row(item: pytest.Item) -> RowSpec | None:
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("row") if callspec is not None else None
+    row = callspec.params.get("row") if callspec is not None else None
+    return row if isinstance(row, RowSpec) else None  # an empty parametrization gives pytest's NOTSET
 
 
 def _row_fields(row: RowSpec) -> dict:
