@@ -21,8 +21,10 @@ seeds = st.integers(min_value=0, max_value=2**31 - 1)
 def layers(draw: st.DrawFn, kind: str, max_features: int = 12) -> Layer:
     """A base-layer geometry of `kind`; convolutions vary groups, kernel, stride, padding, dilation, mode."""
     if kind in ("linear", "hf_conv1d"):
-        n_in = draw(st.integers(1, max_features), label="in_features")
-        n_out = draw(st.integers(1, max_features), label="out_features")
+        # a shared factor makes common divisors frequent (GraLoRA's k, BAT's r need them)
+        factor = draw(st.sampled_from([1, 2, 4]), label="common_factor")
+        n_in = factor * draw(st.integers(1, max_features // 2), label="in_features_over_factor")
+        n_out = factor * draw(st.integers(1, max_features // 2), label="out_features_over_factor")
         return Layer(kind, n_in, n_out)
     dims = int(kind[4])
     groups = draw(st.sampled_from([1, 1, 2]), label="groups")
