@@ -81,8 +81,8 @@ def build_base(layer: Layer, dtype: str, seed: int, bias: bool = True) -> nn.Mod
 
 
 def logical_weight(module: nn.Module, layer: Layer) -> torch.Tensor:
-    """W in logical orientation, float64 (transformers Conv1D stores Wᵀ)."""
-    weight = module.weight.detach().double()
+    """A float64 copy of W in logical orientation (transformers Conv1D stores Wᵀ)."""
+    weight = module.weight.detach().double().clone()  # a snapshot: in-place merges must not change it
     return weight.T if layer.kind == "hf_conv1d" else weight
 
 
