@@ -1,9 +1,21 @@
-"""Tiny transformers models built offline from configs (no hub access)."""
+"""Small models for the tests: a one-module holder and tiny transformers models built offline from configs."""
 
 from __future__ import annotations
 
 import torch
 import transformers
+from torch import nn
+
+
+class Holder(nn.Module):
+    """A model whose only module is `m` (key "m")."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
 
 
 def tiny_llama_config(**overrides) -> transformers.LlamaConfig:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import tiny_llama
+from tiny_models import Holder, tiny_llama
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -89,17 +89,6 @@ def assert_close(actual, expected, *, clause: str, cls: str = "N", dtype=F64, al
     err = (actual - expected).abs()
     ok = err <= a * scale + rtol * expected.abs()
     assert bool(ok.all()), f"{clause}: max error {err.max().item():.3e} exceeds {cls} {dtype} (S={scale:.3g})"
-
-
-class Holder(nn.Module):
-    """A model whose only module is `m` (key "m")."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
 
 
 def make_base(kind: str, cin: int, cout: int, bias: bool = True, dtype=F64) -> nn.Module:

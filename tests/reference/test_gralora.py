@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import tiny_gpt2, tiny_llama, token_batch
+from tiny_models import Holder, tiny_gpt2, tiny_llama, token_batch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -115,17 +115,6 @@ def swap_orientation(weight: torch.Tensor, base: nn.Module) -> torch.Tensor:
 def oracle_base(x: torch.Tensor, base: nn.Module) -> torch.Tensor:
     """base(x) = x Wᵀ + b in float64 (SPEC §0.4)."""
     return F.linear(x.to(F64), swap_orientation(base.weight, base).to(F64), base.bias.to(F64))
-
-
-class Holder(nn.Module):
-    """A model whose only module is `m` (key "m")."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
 
 
 def adapt(base: nn.Module, adapter: str = "default", **config: Any) -> tuple[PeftModel, GraLoRALayer]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import tiny_gpt2, tiny_llama, token_batch
+from tiny_models import Holder, tiny_gpt2, tiny_llama, token_batch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -133,17 +133,6 @@ def oracle_weight(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 def oracle_forward(base: nn.Module, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """`op(x; W R, b)`: the base module's own forward (every conv hyper-parameter) with its weight replaced."""
     return torch.func.functional_call(base, {"weight": oracle_weight(base.weight, rotation)}, (x,), strict=False)
-
-
-class Holder(nn.Module):
-    """A model whose only module is `m` (key "m")."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
 
 
 def adapt(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import tiny_llama
+from tiny_models import Holder, tiny_llama
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -63,17 +63,6 @@ def oracle_forward(base: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tor
     """LOHA-FWD-1: op(x; W + ΔW, b), i.e. the base module's own forward with its weight replaced."""
     weight = base.weight + stored(delta, base)
     return torch.func.functional_call(base, {"weight": weight, "bias": base.bias}, (x,))
-
-
-class Holder(nn.Module):
-    """A model whose only module is `m` (key "m")."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
 
 
 def adapt(base: nn.Module, adapter: str = "default", **config: Any) -> tuple[PeftModel, LoHaLayer]:
