@@ -3,7 +3,7 @@ driver, and parameters perturbed inside §8's input domain. Contract tests share
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from .assertions import Context
-from .drivers.base import Driver
+from .drivers.base import Driver, TunerCapabilities
 from .rows import RowSpec
 from .spec.layer import Adapter, Layer
-from .spec.record import TunerRecord
+from .spec.record import TunerRecord, Variant
+from .spec.records import RECORDS
 from .strategies import DTYPES, build_base, input_shapes, layers, logical_weight, random_tensor, seeds
 
 KEY = "layer"
@@ -83,3 +84,42 @@ def adapt_layer(driver: Driver, row: RowSpec, record: TunerRecord, data: st.Data
     driver.set_params(model, KEY, "default", record.perturb(record.resolve(config, KEY), layer, shapes, generator))
     context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, row.dtype, seed)
     return AdaptedLayer(row, record, layer, config, seed, model.eval(), context)
+
+
+# ---- steps several families share --------------------------------------------------------------------------
+
+
+def claims_of(driver: Driver, row: RowSpec) -> TunerCapabilities:
+    return driver.capabilities().tuners[row.tuner]
+
+
+def clause_variants(clause: str, record: TunerRecord, claims: TunerCapabilities) -> list[Variant]:
+    """The claimed variants of `record` a clause speaks of: a clause of another tuner's chapter (BONE-* checked on
+    MiSS) covers only the variants of that tuner's record (MISS-MATH-1: `mini` is not Bone)."""
+    prefix = clause.split("-", 1)[0]
+    home = RECORDS.get(prefix.lower()) if prefix != "CORE" else None
+    names = {v.name for v in (home or record).variants}
+    return [v for v in record.variants if v.name in names and v.name in claims.variants]
+
+
+def usable_kinds(record: TunerRecord, claims: TunerCapabilities, variant: Variant) -> list[str]:
+    """Required kinds the driver claims and optional kinds it declares, that `variant` applies to."""
+    kinds = [k for k in sorted(record.required_kinds) if k in claims.layer_kinds]
+    kinds += [k for k, capability in sorted(record.optional_kinds.items()) if capability in claims.optional]
+    return [k for k in kinds if variant.applies_to(k)]
+
+
+def seed_torch(seed: int) -> None:
+    """Seed torch's global generators (the CPU one directly: `torch.manual_seed` also queues lazy seeding of every
+    uninitialised accelerator backend, which costs milliseconds per call)."""
+    if torch.cuda.is_available():
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+def with_common_factor(data: st.DataObject, layer: Layer) -> Layer:
+    """The layer with in and out multiplied by a drawn 1 or 2: independently drawn sizes rarely share a divisor, and
+    the sizes that depend on one (GraLoRA's N, BAT's r) would stay at 1."""
+    factor = data.draw(st.sampled_from([1, 2]), label="common_factor")
+    return replace(layer, in_features=factor * layer.in_features, out_features=factor * layer.out_features)

@@ -19,7 +19,7 @@ from torch import nn
 from conformance.assertions import Context, assert_close_to_oracle, assert_equal
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
-from conformance.harness import KEY, Holder
+from conformance.harness import KEY, Holder, claims_of, clause_variants, seed_torch, usable_kinds, with_common_factor
 from conformance.rows import RowSpec
 from conformance.spec.layer import Adapter, Init, Layer, op
 from conformance.spec.record import TunerRecord, Variant
@@ -100,45 +100,11 @@ OPTIONAL_GEOMETRY: dict[str, dict[str, tuple[str, Callable[[Layer], bool]]]] = {
 }
 
 
-def claims_of(driver: Driver, row: RowSpec) -> TunerCapabilities:
-    return driver.capabilities().tuners[row.tuner]
-
-
-def clause_variants(clause: str, record: TunerRecord, claims: TunerCapabilities) -> list[Variant]:
-    """The claimed variants of `record` a clause speaks of (BONE-* on MiSS: not `mini`, MISS-MATH-1)."""
-    prefix = clause.split("-", 1)[0]
-    home = RECORDS.get(prefix.lower()) if prefix != "CORE" else None
-    names = {v.name for v in (home or record).variants}
-    return [v for v in record.variants if v.name in names and v.name in claims.variants]
-
-
 def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
     needs = OPTIONAL_GEOMETRY.get(record.tuner, {})
     return all(
         cap in claims.optional for cap, (kind, applies) in needs.items() if layer.kind == kind and applies(layer)
     )
-
-
-def usable_kinds(record: TunerRecord, claims: TunerCapabilities, variant: Variant) -> list[str]:
-    kinds = [k for k in sorted(record.required_kinds) if k in claims.layer_kinds]
-    kinds += [k for k, capability in sorted(record.optional_kinds.items()) if capability in claims.optional]
-    return [k for k in kinds if variant.applies_to(k)]
-
-
-def seed_torch(seed: int) -> None:
-    """Seed torch's global generators (the CPU one directly: `torch.manual_seed` also queues lazy seeding of every
-    uninitialised accelerator backend, which costs milliseconds per call)."""
-    if torch.cuda.is_available():
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
-
-
-def with_common_factor(data: st.DataObject, layer: Layer) -> Layer:
-    """The layer with in and out multiplied by a drawn 1 or 2: independently drawn sizes rarely share a divisor, and
-    the sizes that depend on one (GraLoRA's N, BAT's r) would stay at 1."""
-    factor = data.draw(st.sampled_from([1, 2]), label="common_factor")
-    return replace(layer, in_features=factor * layer.in_features, out_features=factor * layer.out_features)
 
 
 def adapt(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:

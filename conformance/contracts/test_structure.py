@@ -19,7 +19,7 @@ from torch import nn
 from conformance.assertions import ClauseFailure, Context, assert_close_to_oracle, assert_equal, assert_raises_clause
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
-from conformance.harness import KEY, Holder
+from conformance.harness import KEY, Holder, claims_of, clause_variants, seed_torch, usable_kinds, with_common_factor
 from conformance.rows import RowSpec
 from conformance.spec.layer import Adapter, Layer, op
 from conformance.spec.record import TunerRecord, Variant
@@ -65,19 +65,6 @@ LAYER_CHECKS: dict[str, tuple[str, ...]] = {
 # ---- shared steps (proposed for conformance/harness.py) -----------------------------------------------------------
 
 
-def claims_of(driver: Driver, row: RowSpec) -> TunerCapabilities:
-    return driver.capabilities().tuners[row.tuner]
-
-
-def clause_variants(clause: str, record: TunerRecord, claims: TunerCapabilities) -> list[Variant]:
-    """The claimed variants of `record` a clause speaks of: a clause of another tuner's chapter (BONE-* checked on
-    MiSS) covers only the variants of that tuner's record (MISS-MATH-1: `mini` is not Bone)."""
-    prefix = clause.split("-", 1)[0]
-    home = RECORDS.get(prefix.lower()) if prefix != "CORE" else None
-    names = {v.name for v in (home or record).variants}
-    return [v for v in record.variants if v.name in names and v.name in claims.variants]
-
-
 def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
     """False for a geometry that needs an optional capability the driver does not declare."""
     return all(capability in claims.optional for capability in needs_capability(layer, record))
@@ -86,13 +73,6 @@ def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabil
 def plain_geometry(layer: Layer, record: TunerRecord) -> bool:
     """True for a geometry that needs no optional capability (the MUST part of a required kind)."""
     return not needs_capability(layer, record)
-
-
-def usable_kinds(record: TunerRecord, claims: TunerCapabilities, variant: Variant) -> list[str]:
-    """Required kinds the driver claims and optional kinds it declares, that `variant` applies to."""
-    kinds = [k for k in sorted(record.required_kinds) if k in claims.layer_kinds]
-    kinds += [k for k, capability in sorted(record.optional_kinds.items()) if capability in claims.optional]
-    return [k for k in kinds if variant.applies_to(k)]
 
 
 def kind_variant(data: st.DataObject, row: RowSpec, record: TunerRecord, claims: TunerCapabilities):
@@ -104,22 +84,6 @@ def kind_variant(data: st.DataObject, row: RowSpec, record: TunerRecord, claims:
         variant = data.draw(st.sampled_from(choices), label="variant")
     kind = row.layer_kind or data.draw(st.sampled_from(usable_kinds(record, claims, variant)), label="layer_kind")
     return variant, kind
-
-
-def seed_torch(seed: int) -> None:
-    """Seed torch's global generators (the CPU one directly: `torch.manual_seed` also queues lazy seeding of every
-    uninitialised accelerator backend, which costs milliseconds per call)."""
-    if torch.cuda.is_available():
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
-
-
-def with_common_factor(data: st.DataObject, layer: Layer) -> Layer:
-    """The layer with in and out multiplied by a drawn 1 or 2: independently drawn sizes rarely share a divisor, and
-    the sizes that depend on one (GraLoRA's N, BAT's r) would stay at 1."""
-    factor = data.draw(st.sampled_from([1, 2]), label="common_factor")
-    return replace(layer, in_features=factor * layer.in_features, out_features=factor * layer.out_features)
 
 
 def adapt(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:
