@@ -105,3 +105,28 @@ class Init:
 
     kind: str
     bound: float = 0.0
+
+
+# ---- short constructors (tests, records) ----
+def linear(n_in: int, n_out: int, kind: str = "linear") -> Layer:
+    """A linear-kind layer (`linear` or `hf_conv1d`)."""
+    return Layer(kind, n_in, n_out)
+
+
+def conv(
+    kind: str,
+    n_in: int,
+    n_out: int,
+    k: int | tuple[int, ...],
+    *,
+    stride: int = 1,
+    padding: int | str = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> Layer:
+    """A convolution with the same stride/dilation on every axis (kernel and padding as ints or tuples)."""
+    dims = {"conv1d": 1, "conv2d": 2, "conv3d": 3}[kind]
+    kernel = k if isinstance(k, tuple) else (k,) * dims
+    pad = padding if isinstance(padding, str) else (padding,) * dims
+    return Layer(kind, n_in, n_out, kernel, (stride,) * dims, pad, (dilation,) * dims, groups, padding_mode)

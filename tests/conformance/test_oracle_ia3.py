@@ -11,7 +11,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from conformance.spec.layer import Adapter, Init, Layer, op
+from conformance.spec.layer import Adapter, Init, Layer, conv, linear, op
 from conformance.spec.oracles import ia3
 
 F64 = torch.float64
@@ -19,28 +19,6 @@ F64 = torch.float64
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def linear(n_in: int, n_out: int, kind: str = "linear") -> Layer:
-    return Layer(kind, n_in, n_out)
-
-
-def conv(
-    kind: str,
-    n_in: int,
-    n_out: int,
-    k: int | tuple[int, ...],
-    *,
-    stride: int = 1,
-    padding: int | str = 0,
-    dilation: int = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-) -> Layer:
-    dims = {"conv1d": 1, "conv2d": 2, "conv3d": 3}[kind]
-    kernel = k if isinstance(k, tuple) else (k,) * dims
-    pad = padding if isinstance(padding, str) else (padding,) * dims
-    return Layer(kind, n_in, n_out, kernel, (stride,) * dims, pad, (dilation,) * dims, groups, padding_mode)
 
 
 def config(feedforward: bool, init: bool = True) -> dict:

@@ -10,7 +10,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from conformance.spec.layer import Adapter, Init, Layer, flat, op
+from conformance.spec.layer import Adapter, Init, Layer, conv, flat, linear, op
 from conformance.spec.oracles import loha
 
 F64 = torch.float64
@@ -18,28 +18,6 @@ F64 = torch.float64
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def linear(n_in: int, n_out: int, kind: str = "linear") -> Layer:
-    return Layer(kind, n_in, n_out)
-
-
-def conv(
-    kind: str,
-    n_in: int,
-    n_out: int,
-    k: int | tuple[int, ...],
-    *,
-    stride: int = 1,
-    padding: int | str = 0,
-    dilation: int = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-) -> Layer:
-    dims = {"conv1d": 1, "conv2d": 2, "conv3d": 3}[kind]
-    kernel = k if isinstance(k, tuple) else (k,) * dims
-    pad = padding if isinstance(padding, str) else (padding,) * dims
-    return Layer(kind, n_in, n_out, kernel, (stride,) * dims, pad, (dilation,) * dims, groups, padding_mode)
 
 
 def config(r: int = 8, alpha: float = 8, *, effective: bool = False, init: bool = True) -> dict:
