@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conformance.assertions import assert_equal, assert_raises_clause
-from conformance.contracts.test_merge import (
+from conformance.drivers.base import Driver
+from conformance.scenes import (
     ALL_DTYPES,
     SECOND,
     THIRD,
@@ -26,7 +27,6 @@ from conformance.contracts.test_merge import (
     offers,
     require_lifecycle,
 )
-from conformance.drivers.base import Driver
 from conformance.strategies import DTYPES
 
 NON_FINITE = (math.nan, math.inf, -math.inf)

@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.assertions import assert_close_to_oracle, assert_equal, assert_raises_clause, fail
-from conformance.contracts.test_merge import (
+from conformance.drivers.base import Driver
+from conformance.rows import RowSpec
+from conformance.scenes import (
     ALL_DTYPES,
     SECOND,
     assert_restored,
@@ -28,8 +30,6 @@ from conformance.contracts.test_merge import (
     unmerge_class,
     user_warnings,
 )
-from conformance.drivers.base import Driver
-from conformance.rows import RowSpec
 from conformance.spec.tolerances import scale, tolerance
 
 
