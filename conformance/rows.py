@@ -16,6 +16,14 @@ from .spec.families import family_of, surface
 from .spec.record import TunerRecord
 
 AXES = ("variant", "init", "layer_kind", "dtype")
+SHOULD = ".should"  # the suffix of a clause's SHOULD-part row (DESIGN "Statuses": a violation is `warn`)
+
+# Optional clauses that are a capability of their own (the optional layer kinds are decided per row instead).
+CLAUSE_CAPABILITIES = {
+    "MISS-CONV-2": "miss.to_bone",
+    "IA3-WADD-1": "ia3.weighted_adapter",
+    "LOHA-SCALE-1": "loha.scale_layer",
+}
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,15 @@ def expand(
     variants: Iterable[str] | None = None,
 ) -> Iterator[RowSpec]:
     """The rows of `clause` (a CORE clause on every tuner, a tuner clause on the tuners whose record
-    checks its prefix) over the requested axes, optionally restricted to some layer kinds / variants."""
+    checks its prefix) over the requested axes, optionally restricted to some layer kinds / variants.
+    `clause` may carry the suffix `.should` (the row of its SHOULD part)."""
     axes = tuple(axes)
     kinds = None if kinds is None else frozenset(kinds)
     variants = None if variants is None else frozenset(variants)
-    family = family_of(clause)
+    base_clause = clause.removesuffix(SHOULD)
+    family = family_of(base_clause)
     prefix = clause.split("-", 1)[0]
+    capability = CLAUSE_CAPABILITIES.get(base_clause)
     for tuner in tuners:
         record = records[tuner]
         if prefix != "CORE" and prefix not in record.clause_prefixes:
@@ -69,6 +80,9 @@ def expand(
             continue
         if surface(family) not in claims.surfaces:
             yield replace(base, skip=f"surface not offered: {surface(family)}")
+            continue
+        if capability is not None and capability not in claims.optional:
+            yield replace(base, skip=f"optional capability not declared: {capability}")
             continue
         for row in _over_axes(base, axes, record, dtypes, inits):
             if (kinds is None or row.layer_kind in kinds) and (variants is None or row.variant in variants):
