@@ -15,11 +15,16 @@ from typing import Any
 
 import torch
 
+from .spec.layer import Layer
 from .spec.tolerances import Tolerance, violations
 
 
 class ClauseFailure(AssertionError):
-    """A clause does not hold for the implementation under test."""
+    """A clause does not hold for the implementation under test; `context` says on what."""
+
+    def __init__(self, message: str, context: Context | None = None) -> None:
+        super().__init__(message)
+        self.context = context
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Context:
     dtype: str | None = None
     seed: int | None = None
     repro: str | None = None
+    layer: Layer | None = None  # the base layer's geometry, for a repro that rebuilds the model
 
     def describe(self) -> str:
         parts = [f"[{self.clause}, tuner {self.tuner}, implementation {self.implementation}"]
@@ -52,7 +58,7 @@ class Context:
 
 def fail(context: Context, message: str) -> None:
     __tracebackhide__ = True
-    raise ClauseFailure(f"{message} {context.describe()}")
+    raise ClauseFailure(f"{message} {context.describe()}", context)
 
 
 def assert_close_to_oracle(

@@ -56,7 +56,7 @@ def check(
         rows_path = os.path.join(tmp, "rows.json")
         args = [
             *files, "-p", "no:cacheprovider", "-q", f"--impl={spec}", f"--hypothesis-profile=tunerspec-{profile}",
-            f"--hypothesis-seed={seed}", f"--tunerspec-rows={rows_path}", "-W", "ignore",
+            f"--tunerspec-seed={seed}", f"--tunerspec-rows={rows_path}", "-W", "ignore",
             *[f"--tuner={t}" for t in tuners], *(["-x"] if stop_on_first_fail else []),
         ]  # fmt: skip
         if isolate:
@@ -90,7 +90,7 @@ def _report(
         api_map=dict(getattr(driver, "api_map", {})),
         command=command or f"conformance.check({spec!r})",
         git_commit=_git_commit(),
-        results=[Row(**row, repro=None, repro_verified=False) for row in rows],
+        results=[Row(**row, repro_verified=False) for row in rows],
     )
 
 

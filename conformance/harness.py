@@ -82,7 +82,8 @@ def adapt_layer(driver: Driver, row: RowSpec, record: TunerRecord, data: st.Data
     shapes = {name: tuple(t.shape) for name, t in driver.get_params(model, KEY, "default").items()}
     generator = torch.Generator().manual_seed(seed + 2)
     driver.set_params(model, KEY, "default", record.perturb(record.resolve(config, KEY), layer, shapes, generator))
-    context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, row.dtype, seed)
+    shapes = {"weight": layer.weight_shape}
+    context = Context(row.clause, row.tuner, driver.name, config, shapes, row.dtype, seed, layer=layer)
     return AdaptedLayer(row, record, layer, config, seed, model.eval(), context)
 
 

@@ -16,13 +16,15 @@ import json
 from collections import Counter
 from dataclasses import asdict
 
+import hypothesis
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from .assertions import ClauseFailure
-from .drivers.base import Driver
+from .drivers.base import Case, Driver
 from .rows import SHOULD, RowSpec, expand
 from .spec.records import RECORDS
+from .strategies import base_code
 
 _COMMON = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=False)
 _COMMON["phases"] = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]  # no "explain"
@@ -52,12 +54,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--impl", default="reference", help="implementation: built-in driver name or module:Class")
     group.addoption("--tuner", action="append", default=None, help="check only this tuner (repeatable)")
     group.addoption("--tunerspec-rows", default=None, help="write the result rows as JSON to this file")
+    group.addoption(
+        "--tunerspec-seed", type=int, default=None,
+        help="seed every contract test's hypothesis run with this (same seed and profile: same rows)",
+    )  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "contract(*clauses, axes=(), dtypes=…, inits=…, scope='layer', kinds=None, variants=None): "
+        "contract(*clauses, axes=(), dtypes=…, inits=…, scope='layer', kinds=None, variants=None, peer=None): "
         "a contract test producing one report row per clause and combination of the axes",
     )
     config.stash[RESULTS] = []
@@ -82,11 +88,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     driver = _driver(metafunc.config)
     tuners = metafunc.config.getoption("--tuner") or list(RECORDS)
-    options = {k: v for k, v in marker.kwargs.items() if k in ("axes", "dtypes", "inits", "scope", "kinds", "variants")}
+    options = {
+        k: v for k, v in marker.kwargs.items() if k in ("axes", "dtypes", "inits", "scope", "kinds", "variants", "peer")
+    }
     rows = []
     for clause in marker.args:
         rows += expand(clause, records=RECORDS, capabilities=driver.capabilities(), tuners=tuners, **options)
     metafunc.parametrize("row", rows, ids=[r.id for r in rows])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--tunerspec-seed`: hypothesis's own `seed` decorator on every contract test (it takes precedence over the
+    profile's `derandomize`, which otherwise fixes the examples per test function)."""
+    value = config.getoption("--tunerspec-seed")
+    if value is None:
+        return
+    for function in {id(item.obj): item.obj for item in items if _row(item) is not None}.values():
+        hypothesis.seed(value)(function)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -111,10 +129,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if row is None or (report.when != "call" and not (report.failed or report.skipped)):
         return
     status, detail = _status(report, call)
+    repro = None
+    if status == "fail":
+        repro = _repro(_driver(item.config), row, _violation(call.excinfo.value))
     if status == "fail" and row.clause.endswith(SHOULD):
         status = "warn"  # a SHOULD part not met: reported, not a test failure
         report.outcome, report.longrepr = "passed", None
-    item.config.stash[RESULTS].append({**_row_fields(row), "status": status, "detail": detail})
+    item.config.stash[RESULTS].append({**_row_fields(row), "status": status, "detail": detail, "repro": repro})
 
 
 def _row(item: pytest.Item) -> RowSpec | None:
@@ -142,11 +163,41 @@ def _status(report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str]
 
 
 def _is_violation(exc: BaseException | None) -> bool:
+    return _violation(exc) is not None
+
+
+def _violation(exc: BaseException | None) -> ClauseFailure | None:
+    """The ClauseFailure `exc` is or holds (hypothesis may group several failures)."""
     if isinstance(exc, ClauseFailure):
-        return True
+        return exc
     if isinstance(exc, BaseExceptionGroup):
-        return any(_is_violation(e) for e in exc.exceptions)
-    return False
+        return next((v for v in map(_violation, exc.exceptions) if v is not None), None)
+    return None
+
+
+def _repro(driver: Driver, row: RowSpec, failure: ClauseFailure | None) -> str | None:
+    """The failing case as a snippet in the implementation's own API (`driver.repro`), or None where the failure
+    does not name a base layer or the driver renders no repro."""
+    context = failure.context if failure is not None else None
+    if context is None or context.layer is None:
+        return None
+    values = context.config.values()
+    nested = bool(context.config) and all(isinstance(v, dict) and "target_modules" in v for v in values)
+    configs = context.config if nested else {"default": {**context.config, "target_modules": ["layer"]}}
+    shape = context.shapes.get("x")
+    case = Case(
+        tuner=row.tuner,
+        clause=row.clause,
+        configs=configs,
+        model_code=base_code(context.layer, context.dtype or "float64", context.seed or 0, shape),
+        input_shapes=[tuple(shape)] if shape is not None else [],
+        seed=context.seed or 0,
+        observed=str(failure).split("\n", 1)[0],
+    )
+    try:
+        return driver.repro(case)
+    except Exception as exc:  # a driver's broken repro must not lose the row
+        return f"# {driver.name}.repro raised {type(exc).__name__}: {exc}"
 
 
 def _one_line(text: str, limit: int = 400) -> str:

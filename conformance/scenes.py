@@ -204,7 +204,7 @@ def build(
                 params = perturb(name, key, params)
             driver.set_params(model, key, name, params)
     shapes = {"weight": layer.weight_shape}
-    context = Context(row.clause, row.tuner, driver.name, setup.configs, shapes, row.dtype, setup.seed)
+    context = Context(row.clause, row.tuner, driver.name, setup.configs, shapes, row.dtype, setup.seed, layer=layer)
     return Scene(setup, model.eval(), context)
 
 

@@ -80,6 +80,44 @@ def build_base(layer: Layer, dtype: str, seed: int, bias: bool = True) -> nn.Mod
     return module.to(DTYPES[dtype])
 
 
+def base_code(layer: Layer, dtype: str, seed: int, input_shape: tuple[int, ...] | None = None) -> str:
+    """Python source (torch and transformers only) binding `model`, a module holding `build_base(layer, dtype,
+    seed)` under the key `layer`, and `x`, the input `random_tensor(input_shape, dtype, seed + 1)`."""
+    if layer.kind == "linear":
+        module = f"nn.Linear({layer.in_features}, {layer.out_features})"
+    elif layer.kind == "hf_conv1d":
+        module = f"transformers.pytorch_utils.Conv1D({layer.out_features}, {layer.in_features})"
+    else:
+        module = (
+            f"nn.{layer.kind.capitalize()}({layer.in_features}, {layer.out_features}, {layer.kernel_size}, "
+            f"stride={layer.stride}, padding={layer.padding!r}, dilation={layer.dilation}, groups={layer.groups}, "
+            f"padding_mode={layer.padding_mode!r})"
+        )
+    lines = [
+        "import torch, transformers",
+        "from torch import nn",
+        "class Holder(nn.Module):",
+        "    def __init__(self, layer):",
+        "        super().__init__()",
+        "        self.layer = layer",
+        "    def forward(self, x):",
+        "        return self.layer(x)",
+        f"base = {module}",
+        f"generator = torch.Generator().manual_seed({seed})",
+        "with torch.no_grad():",
+        "    for p in base.parameters():",
+        "        p.copy_(torch.rand(p.shape, generator=generator, dtype=torch.float64) * 2 - 1)",
+        f"model = Holder(base.to(torch.{dtype}))",
+    ]
+    if input_shape is not None:
+        lines += [
+            f"generator = torch.Generator().manual_seed({seed + 1})",
+            f"x = torch.rand({tuple(input_shape)}, generator=generator, dtype=torch.float64) * 2 - 1",
+            f"x = x.to(torch.{dtype})",
+        ]
+    return "\n".join(lines)
+
+
 def logical_weight(module: nn.Module, layer: Layer) -> torch.Tensor:
     """A float64 copy of W in logical orientation (transformers Conv1D stores Wᵀ)."""
     weight = module.weight.detach().double().clone()  # a snapshot: in-place merges must not change it

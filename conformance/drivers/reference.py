@@ -83,14 +83,18 @@ class ReferenceDriver(PeftLikeDriver):
         reference_tuners.convert_checkpoint(src_dir, dst_dir, to=to)
 
     def repro(self, case: Case) -> str | None:
-        """The failing case as a snippet in reference_tuners' own API."""
-        lines = ["import torch", "import reference_tuners as rt", f"torch.manual_seed({case.seed})", case.model_code]
-        for adapter, config in case.configs.items():
-            cls = self.config_classes[case.tuner].__name__
-            lines.append(f"config_{adapter} = rt.{cls}(**{config!r})")
+        """The failing case as a runnable snippet in reference_tuners' own API: the base model and input, the
+        adapters by `get_peft_model` / `add_adapter`, the recorded driver calls as comments, then the output."""
+        lines = [case.model_code, "import reference_tuners as rt", f"torch.manual_seed({case.seed})"]
+        for i, (adapter, config) in enumerate(case.configs.items()):
+            config_code = f"rt.{self.config_classes[case.tuner].__name__}(**{config!r})"
+            if i == 0:
+                lines.append(f"model = rt.get_peft_model(model, {config_code}, adapter_name={adapter!r})")
+            else:
+                lines.append(f"model.add_adapter({adapter!r}, {config_code})")
         lines += [f"# {call}" for call in case.calls]
-        if case.expected is not None:
-            lines.append(f"# expected: {case.expected}")
-        if case.observed is not None:
-            lines.append(f"# observed: {case.observed}")
+        if case.input_shapes:
+            lines.append("print(model(x))")
+        lines += [f"# {label}: {value}" for label, value in (("expected", case.expected), ("observed", case.observed))
+                  if value is not None]  # fmt: skip
         return "\n".join(lines)
