@@ -10,6 +10,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
+from . import coverage
 from .assertions import Context
 from .drivers.base import Driver, TunerCapabilities
 from .rows import RowSpec
@@ -56,6 +57,7 @@ class AdaptedLayer:
     def input(self, data: st.DataObject) -> torch.Tensor:
         shape = data.draw(input_shapes(self.layer), label="input_shape")
         self.context.shapes["x"] = shape
+        coverage.note_input(shape, self.layer)
         return random_tensor(shape, self.row.dtype, self.seed + 1)
 
 
@@ -76,6 +78,7 @@ def adapt_layer(driver: Driver, row: RowSpec, record: TunerRecord, data: st.Data
     variant = record.variant(row.variant)
     config = data.draw(record.configs(layer, variant, row.init), label="config")
     seed = data.draw(seeds, label="seed")
+    coverage.note_layer(layer, config, row.variant, row.dtype)
     base = build_base(layer, row.dtype, seed)
     require_base_runs(base, layer, row.dtype)
     model = driver.adapt(Holder(base), row.tuner, driver.make_config(row.tuner, {**config, "target_modules": [KEY]}))

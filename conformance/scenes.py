@@ -16,6 +16,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from torch import nn
 
+from . import coverage
 from .assertions import Context, assert_close_to_oracle, assert_equal, fail
 from .drivers.base import Driver
 from .harness import KEY, Holder, require_base_runs
@@ -117,6 +118,7 @@ def draw_setup(
     for name in names:
         config = data.draw(record.configs(layer, variant, row.init), label=f"config {name}")
         configs[name] = {**config, "target_modules": (targets or {}).get(name, [KEY])}
+        coverage.note_layer(layer, config, row.variant, row.dtype)
     return Setup(row, layer, configs, data.draw(seeds, label="seed"), twin)
 
 
@@ -157,6 +159,7 @@ class Scene:
     def input(self, data: st.DataObject) -> torch.Tensor:
         shape = data.draw(input_shapes(self.setup.layer), label="input_shape")
         self.context.shapes["x"] = shape
+        coverage.note_input(shape, self.setup.layer)
         return random_tensor(shape, self.setup.row.dtype, self.setup.seed + 1)
 
     def expected_output(self, x: torch.Tensor, weights: dict[str, tuple]) -> torch.Tensor:
