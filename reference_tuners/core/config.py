@@ -78,7 +78,8 @@ class PeftConfig:
     def from_dict(cls, data: dict[str, Any]) -> PeftConfig:
         """Build the config `data["peft_type"]` names (or `cls` itself); unknown keys warn and are ignored."""
         data = dict(data)
-        peft_type = data.pop("peft_type", None) or cls.PEFT_TYPE
+        peft_type = data.pop("peft_type", None)
+        peft_type = cls.PEFT_TYPE if peft_type is None else peft_type  # absent → the class's own; "" is invalid
         target_cls = config_class(peft_type) if cls is PeftConfig else cls
         if peft_type != target_cls.PEFT_TYPE:
             raise ValueError(f"peft_type {peft_type!r} does not match {target_cls.__name__}")

@@ -179,6 +179,8 @@ def test_peft_type_selects_class_and_unknown_rejected(tmp_path):
     for bad in ("NOT_A_TUNER", "LORA", "ia3", ["IA3"]):
         with pytest.raises((ValueError, KeyError), match=str(bad).replace("[", r"\[")):
             PeftConfig.from_dict({"peft_type": bad})
+    with pytest.raises(ValueError, match="peft_type ''"):  # an empty type is not "absent"
+        IA3Config.from_dict({"peft_type": ""})
     data = json.loads((tmp_path / CONFIG_NAME).read_text())
     (tmp_path / CONFIG_NAME).write_text(json.dumps({**data, "peft_type": "BOGUS_TYPE"}))
     with pytest.raises((ValueError, KeyError), match="BOGUS_TYPE"):
