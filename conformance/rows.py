@@ -58,10 +58,12 @@ def expand(
     scope: str = "layer",
     kinds: Iterable[str] | None = None,
     variants: Iterable[str] | None = None,
+    peer: str | None = None,
 ) -> Iterator[RowSpec]:
     """The rows of `clause` (a CORE clause on every tuner, a tuner clause on the tuners whose record
     checks its prefix) over the requested axes, optionally restricted to some layer kinds / variants.
-    `clause` may carry the suffix `.should` (the row of its SHOULD part)."""
+    `clause` may carry the suffix `.should` (the row of its SHOULD part). `peer` names the other side of
+    interchange rows (another implementation, or `"golden"` for the judge's own checkpoint directories)."""
     axes = tuple(axes)
     kinds = None if kinds is None else frozenset(kinds)
     variants = None if variants is None else frozenset(variants)
@@ -73,7 +75,7 @@ def expand(
         record = records[tuner]
         if prefix != "CORE" and prefix not in record.clause_prefixes:
             continue
-        base = RowSpec(tuner, clause, family, scope)
+        base = RowSpec(tuner, clause, family, scope, peer=peer)
         claims = capabilities.tuners.get(tuner)
         if claims is None:
             yield replace(base, skip=f"tuner {tuner} not claimed by the implementation")
