@@ -180,7 +180,7 @@ def _repro(driver: Driver, row: RowSpec, failure: ClauseFailure | None) -> str |
     does not name a base layer or the driver renders no repro."""
     context = failure.context if failure is not None else None
     if context is None or context.layer is None:
-        return None
+        return context.repro if context is not None else None  # a model-scope check may render its own
     values = context.config.values()
     nested = bool(context.config) and all(isinstance(v, dict) and "target_modules" in v for v in values)
     configs = context.config if nested else {"default": {**context.config, "target_modules": ["layer"]}}

@@ -54,7 +54,7 @@ class PeftConfig:
                 setattr(self, name, set(value))
 
     # Default `target_modules` per model type (SPEC §1.4 table (a); IA3 overrides).
-    DEFAULT_TARGETS: ClassVar[dict[str, list[str]]] = LORA_STYLE_TARGETS
+    DEFAULT_TARGETS: ClassVar[dict[str, list[str] | str]] = LORA_STYLE_TARGETS
 
     def resolve_defaults(self, model_type: str | None) -> None:
         """Fill `target_modules=None` from the default table (CORE-MATCH-11, CORE-DEF-1)."""
@@ -63,7 +63,8 @@ class PeftConfig:
                 raise ValueError(
                     f"No default target_modules for model type {model_type!r}: please specify `target_modules`."
                 )
-            self.target_modules = set(self.DEFAULT_TARGETS[model_type])
+            row = self.DEFAULT_TARGETS[model_type]
+            self.target_modules = row if isinstance(row, str) else set(row)
 
     # ---- JSON form (CORE-CFG-7/8/9, CORE-SAVE-4) ----
     def to_dict(self) -> dict[str, Any]:

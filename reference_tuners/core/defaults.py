@@ -3,8 +3,8 @@ further rows of peft 0.21's constants, which they SHOULD follow (CORE-DEF-1)."""
 
 from __future__ import annotations
 
-# (a) Bone, MiSS, GraLoRA, HRA, LoHa — copies of PEFT's LoRA table.
-LORA_STYLE_TARGETS: dict[str, list[str]] = {
+# (a) Bone, MiSS, GraLoRA, HRA, LoHa — copies of PEFT's LoRA table (a row is a list of names or one regex).
+LORA_STYLE_TARGETS: dict[str, list[str] | str] = {
     "RefinedWeb": ["query_key_value"],
     "RefinedWebModel": ["query_key_value"],
     "bart": ["q_proj", "v_proj"],
@@ -21,45 +21,7 @@ LORA_STYLE_TARGETS: dict[str, list[str]] = {
     "gemma": ["q_proj", "v_proj"],
     "gemma2": ["q_proj", "v_proj"],
     "gemma3_text": ["q_proj", "v_proj"],
-    "gemma4": [
-        ".",
-        "*",
-        "l",
-        "a",
-        "n",
-        "g",
-        "u",
-        "a",
-        "g",
-        "e",
-        "_",
-        "m",
-        "o",
-        "d",
-        "e",
-        "l",
-        "\\",
-        ".",
-        ".",
-        "*",
-        "\\",
-        ".",
-        "(",
-        "q",
-        "_",
-        "p",
-        "r",
-        "o",
-        "j",
-        "|",
-        "v",
-        "_",
-        "p",
-        "r",
-        "o",
-        "j",
-        ")",
-    ],
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",  # a regex row (CORE-MATCH-1), as upstream's
     "gpt2": ["c_attn"],
     "gpt_bigcode": ["c_attn"],
     "gpt_neo": ["q_proj", "v_proj"],
