@@ -18,6 +18,10 @@ from .spec.record import TunerRecord
 AXES = ("variant", "init", "layer_kind", "dtype")
 SHOULD = ".should"  # the suffix of a clause's SHOULD-part row (DESIGN "Statuses": a violation is `warn`)
 
+# A tuner an implementation may ship only under another name (DESIGN: peft has MiSS, not Bone): where it is not
+# native its rows are the stand-in's, and the conversion clauses (MISS-CONV-*, rows of the stand-in) judge it.
+STAND_IN = {"bone": "miss"}
+
 # Optional clauses that are a capability of their own (the optional layer kinds are decided per row instead).
 CLAUSE_CAPABILITIES = {
     "MISS-CONV-2": "miss.to_bone",
@@ -79,6 +83,9 @@ def expand(
         claims = capabilities.tuners.get(tuner)
         if claims is None:
             yield replace(base, skip=f"tuner {tuner} not claimed by the implementation")
+            continue
+        if not claims.native:
+            yield replace(base, skip=f"not native: same code path as {STAND_IN.get(tuner, 'another tuner')}")
             continue
         if surface(family) not in claims.surfaces:
             yield replace(base, skip=f"surface not offered: {surface(family)}")

@@ -1,0 +1,125 @@
+"""Meta-tests of the suite itself (DESIGN "Practices"): every clause of SPEC.md produces result rows, from the
+contract file of its family; every tuner has one record; the row rules (`.should` → warn, optional clause
+capabilities → skip); the same seed gives the same rows."""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import conformance.contracts
+from conformance.check import check
+from conformance.drivers.base import TUNERS, Capabilities, TunerCapabilities
+from conformance.drivers.reference import ReferenceDriver
+from conformance.rows import CLAUSE_CAPABILITIES, SHOULD, expand
+from conformance.spec.clauses import clauses
+from conformance.spec.families import family_of
+from conformance.spec.records import RECORDS
+
+CONTRACTS = Path(conformance.contracts.__file__).parent
+
+
+def contract_markers() -> dict[str, list[tuple[str, dict]]]:
+    """Clause (as written in a marker) → [(family file stem, marker options)] over every contract test."""
+    found = defaultdict(list)
+    for path in sorted(CONTRACTS.glob("test_*.py")):
+        module = importlib.import_module(f"conformance.contracts.{path.stem}")
+        for name in dir(module):
+            function = getattr(module, name)
+            for mark in getattr(function, "pytestmark", []) if name.startswith("test_") else []:
+                if mark.name == "contract":
+                    for clause in mark.args:
+                        found[clause].append((path.stem.removeprefix("test_"), dict(mark.kwargs)))
+    return found
+
+
+def applies_to(clause: str) -> list[str]:
+    prefix = clause.split("-", 1)[0]
+    return [t for t in TUNERS if prefix == "CORE" or prefix in RECORDS[t].clause_prefixes]
+
+
+def test_every_tuner_has_one_record():
+    assert sorted(RECORDS) == sorted(TUNERS)
+    assert all(RECORDS[t].tuner == t for t in TUNERS)
+    assert all((CONTRACTS.parent / "spec" / f"{t}.py").is_file() for t in TUNERS)
+
+
+def test_every_marker_clause_is_a_spec_clause_in_its_family_file():
+    spec = clauses()
+    for clause, uses in contract_markers().items():
+        base = clause.removesuffix(SHOULD)
+        assert base in spec, f"{clause}: not a clause of SPEC.md"
+        if clause.endswith(SHOULD):
+            assert spec[base].should, f"{clause}: {base} has no SHOULD part"
+        assert {family for family, _ in uses} == {family_of(base)}, f"{clause} is checked outside its family"
+
+
+def test_every_clause_produces_rows_for_every_tuner_it_applies_to():
+    markers = contract_markers()
+    capabilities = ReferenceDriver().capabilities()
+    missing, no_rows, all_skipped = [], [], []
+    for clause, spec_clause in clauses().items():
+        written = [c for c in (clause, clause + SHOULD) if c in markers]
+        if not written:
+            missing.append(clause)
+            continue
+        if spec_clause.should and clause + SHOULD not in markers:
+            missing.append(clause + SHOULD)
+        rows = [
+            row
+            for c in written
+            for _, options in markers[c]
+            for row in expand(c, records=RECORDS, capabilities=capabilities, **options)
+        ]
+        tuners = {row.tuner for row in rows}
+        if tuners != set(applies_to(clause)):
+            no_rows.append(f"{clause}: rows for {sorted(tuners)}, expected {applies_to(clause)}")
+        if all(row.skip for row in rows):
+            all_skipped.append(clause)
+    assert not missing, f"clauses no contract test checks: {missing}"
+    assert not no_rows, no_rows
+    assert not all_skipped, f"clauses whose every row the reference skips: {all_skipped}"
+
+
+def _claims(**optional) -> Capabilities:
+    return Capabilities({t: TunerCapabilities(variants=frozenset({"plain"}), **optional) for t in TUNERS})
+
+
+def test_optional_clause_capability_decides_skip():
+    for clause, capability in CLAUSE_CAPABILITIES.items():
+        assert clauses()[clause].optional
+        tuner = capability.split(".")[0]
+        without = list(expand(clause, records=RECORDS, capabilities=_claims(), tuners=[tuner]))
+        assert [row.skip for row in without] == [f"optional capability not declared: {capability}"]
+        declared = _claims(optional=frozenset({capability}))
+        assert [row.skip for row in expand(clause, records=RECORDS, capabilities=declared, tuners=[tuner])] == [None]
+
+
+def test_should_rows_keep_the_suffix_and_the_family():
+    rows = list(expand("HRA-R-3" + SHOULD, records=RECORDS, capabilities=ReferenceDriver().capabilities()))
+    assert [(row.tuner, row.clause, row.family) for row in rows] == [("hra", "HRA-R-3.should", "forward")]
+
+
+@pytest.mark.parametrize("mutant", ["mutant_drivers:LoHaScaleBugDriver"])
+def test_the_same_seed_gives_the_same_rows(mutant):
+    """A run with failures (so details carry counterexamples) repeated with one seed gives identical rows."""
+    runs = [
+        check(mutant, tuners=["loha"], families=["forward"], seed=3, isolate=False, stop_on_first_fail=True).results,
+        check(mutant, tuners=["loha"], families=["forward"], seed=3, isolate=False, stop_on_first_fail=True).results,
+    ]
+    assert any(row.status == "fail" for row in runs[0])
+    assert runs[0] == runs[1]
+
+
+def test_a_tuner_that_is_not_native_is_judged_through_its_stand_ins_conversion_rows():
+    claims = Capabilities(
+        {t: TunerCapabilities(native=t != "bone", variants=frozenset({"plain"})) for t in ("bone", "miss")}
+    )
+    math = list(expand("BONE-FWD-1", records=RECORDS, capabilities=claims, tuners=["bone", "miss"]))
+    assert [(row.tuner, row.skip) for row in math] == [("bone", "not native: same code path as miss"), ("miss", None)]
+    for clause in ("MISS-CONV-1", "MISS-CONV-3"):
+        rows = expand(clause, records=RECORDS, capabilities=claims, tuners=["bone", "miss"])
+        assert [(row.tuner, row.skip) for row in rows] == [("miss", None)]
