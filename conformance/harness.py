@@ -71,10 +71,22 @@ def require_base_runs(module: nn.Module, layer: Layer, dtype: str) -> None:
         pytest.skip(f"the base {layer.kind} cannot run {dtype} here: {exc}")
 
 
+def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
+    """False where `layer` needs an optional capability (a geometry, e.g. grouped Conv2d for HRA) not declared."""
+    return all(
+        capability in claims.optional or not needs(layer) for capability, needs in record.optional_geometry.items()
+    )
+
+
+def claimed_layers(kind: str, record: TunerRecord, claims: TunerCapabilities) -> st.SearchStrategy[Layer]:
+    """Layers of `kind` without the optional geometries the driver does not declare."""
+    return layers(kind).filter(lambda layer: optional_geometry_ok(layer, record, claims))
+
+
 def adapt_layer(driver: Driver, row: RowSpec, record: TunerRecord, data: st.DataObject) -> AdaptedLayer:
     """Draw a layer and a config for the row, adapt a fresh base module through the driver and perturb the
     adapter's parameters to generic values of the input domain."""
-    layer = data.draw(layers(row.layer_kind), label="layer")
+    layer = data.draw(claimed_layers(row.layer_kind, record, claims_of(driver, row)), label="layer")
     variant = record.variant(row.variant)
     config = data.draw(record.configs(layer, variant, row.init), label="config")
     seed = data.draw(seeds, label="seed")

@@ -24,7 +24,8 @@ RECORD = TunerRecord(
     oracle=oracle,
     variants=(Variant("plain"), Variant("gs", {"apply_GS": True})),
     required_kinds=frozenset({"linear", "conv2d"}),
-    optional_kinds={},  # grouped Conv2d is `hra.grouped_conv2d`, a property of the conv2d geometry
+    optional_kinds={},
+    optional_geometry={"hra.grouped_conv2d": lambda layer: layer.kind == "conv2d" and layer.groups > 1},
     init_field="init_weights",
     configs=configs,
     defaults={
