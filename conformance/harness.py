@@ -71,11 +71,15 @@ def require_base_runs(module: nn.Module, layer: Layer, dtype: str) -> None:
         pytest.skip(f"the base {layer.kind} cannot run {dtype} here: {exc}")
 
 
+def needs_capability(layer: Layer, record: TunerRecord) -> list[str]:
+    """The optional capabilities `layer`'s geometry needs on this tuner (the record's `optional_geometry`)."""
+    geometries = record.optional_geometry.items()
+    return [capability for capability, (kind, needs) in geometries if layer.kind == kind and needs(layer)]
+
+
 def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
     """False where `layer` needs an optional capability (a geometry, e.g. grouped Conv2d for HRA) not declared."""
-    return all(
-        capability in claims.optional or not needs(layer) for capability, needs in record.optional_geometry.items()
-    )
+    return all(capability in claims.optional for capability in needs_capability(layer, record))
 
 
 def claimed_layers(kind: str, record: TunerRecord, claims: TunerCapabilities) -> st.SearchStrategy[Layer]:

@@ -32,7 +32,10 @@ settings.register_profile("tunerspec-dev", max_examples=5, **_COMMON)
 settings.register_profile("tunerspec-ci", max_examples=10, derandomize=True, **_COMMON)
 settings.register_profile("tunerspec-thorough", max_examples=200, **_COMMON)
 
-BUILTIN_DRIVERS = {"reference": "conformance.drivers.reference:ReferenceDriver"}
+BUILTIN_DRIVERS = {
+    "reference": "conformance.drivers.reference:ReferenceDriver",
+    "peft": "conformance.drivers.peft:PeftDriver",
+}
 RESULTS = pytest.StashKey[list]()
 
 

@@ -19,7 +19,16 @@ from torch import nn
 from conformance.assertions import Context, assert_close_to_oracle, assert_equal
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
-from conformance.harness import KEY, Holder, claims_of, clause_variants, seed_torch, usable_kinds, with_common_factor
+from conformance.harness import (
+    KEY,
+    Holder,
+    claims_of,
+    clause_variants,
+    optional_geometry_ok,
+    seed_torch,
+    usable_kinds,
+    with_common_factor,
+)
 from conformance.rows import RowSpec
 from conformance.spec.layer import Adapter, Init, Layer, op
 from conformance.spec.record import TunerRecord, Variant
@@ -93,18 +102,6 @@ ID_RULES: dict[str, InitRule] = {
 
 
 # ---- shared steps (the same as test_structure's; proposed for conformance/harness.py) ----------------------------
-
-# capability → (kind, geometries needing it), by tuner (HRA-LAYER-2); proposed `TunerRecord.optional_geometry`.
-OPTIONAL_GEOMETRY: dict[str, dict[str, tuple[str, Callable[[Layer], bool]]]] = {
-    "hra": {"hra.grouped_conv2d": ("conv2d", lambda layer: layer.groups > 1)},
-}
-
-
-def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
-    needs = OPTIONAL_GEOMETRY.get(record.tuner, {})
-    return all(
-        cap in claims.optional for cap, (kind, applies) in needs.items() if layer.kind == kind and applies(layer)
-    )
 
 
 def adapt(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:

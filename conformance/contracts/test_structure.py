@@ -19,7 +19,17 @@ from torch import nn
 from conformance.assertions import ClauseFailure, Context, assert_close_to_oracle, assert_equal, assert_raises_clause
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
-from conformance.harness import KEY, Holder, claims_of, clause_variants, seed_torch, usable_kinds, with_common_factor
+from conformance.harness import (
+    KEY,
+    Holder,
+    claims_of,
+    clause_variants,
+    needs_capability,
+    optional_geometry_ok,
+    seed_torch,
+    usable_kinds,
+    with_common_factor,
+)
 from conformance.rows import RowSpec
 from conformance.spec.layer import Adapter, Layer, op
 from conformance.spec.record import TunerRecord, Variant
@@ -28,20 +38,6 @@ from conformance.spec.tolerances import scale, tolerance
 from conformance.strategies import build_base, input_shapes, layers, logical_weight, random_tensor, seeds
 
 ALL_KINDS = ("linear", "hf_conv1d", "conv1d", "conv2d", "conv3d")
-
-# Optional capabilities that are a property of a supported kind's geometry rather than a kind of their own, by tuner:
-# capability → (kind, geometries needing it) (HRA-LAYER-2). Proposed as a `TunerRecord` field (`optional_geometry`);
-# kept here until the record has it.
-OPTIONAL_GEOMETRY: dict[str, dict[str, tuple[str, Callable[[Layer], bool]]]] = {
-    "hra": {"hra.grouped_conv2d": ("conv2d", lambda layer: layer.groups > 1)},
-}
-
-
-def needs_capability(layer: Layer, record: TunerRecord) -> list[str]:
-    """The optional capabilities `layer`'s geometry needs on this tuner (OPTIONAL_GEOMETRY)."""
-    needs = OPTIONAL_GEOMETRY.get(record.tuner, {})
-    return [cap for cap, (kind, applies) in needs.items() if layer.kind == kind and applies(layer)]
-
 
 # What each layer-kind clause asserts: `required` kinds adapt; `optional` declared kinds/geometries adapt (the row is
 # skipped when none is declared, SPEC §0.2); `reject` every kind the tuner does not support is rejected
@@ -63,11 +59,6 @@ LAYER_CHECKS: dict[str, tuple[str, ...]] = {
 
 
 # ---- shared steps (proposed for conformance/harness.py) -----------------------------------------------------------
-
-
-def optional_geometry_ok(layer: Layer, record: TunerRecord, claims: TunerCapabilities) -> bool:
-    """False for a geometry that needs an optional capability the driver does not declare."""
-    return all(capability in claims.optional for capability in needs_capability(layer, record))
 
 
 def plain_geometry(layer: Layer, record: TunerRecord) -> bool:
@@ -367,9 +358,9 @@ def test_layer_kinds(row, driver):
             targets.append((kind, lambda g: plain_geometry(g, record)))
     if "optional" in checks:
         declared = {k: c for k, c in record.optional_kinds.items() if c in claims.optional}
-        geometries = {c: f for c, f in OPTIONAL_GEOMETRY.get(record.tuner, {}).items() if c in claims.optional}
+        geometries = {c: f for c, f in record.optional_geometry.items() if c in claims.optional}
         if not declared and not geometries:
-            capabilities = sorted([*record.optional_kinds.values(), *OPTIONAL_GEOMETRY.get(record.tuner, {})])
+            capabilities = sorted([*record.optional_kinds.values(), *record.optional_geometry])
             pytest.skip(f"optional capability not declared: {', '.join(capabilities)}")
         targets += [(kind, lambda g: True) for kind in sorted(declared)]
         targets += [(kind, applies) for kind, applies in geometries.values() if kind in claims.layer_kinds]
@@ -518,3 +509,73 @@ def test_count(row, driver):
     """MISS-COUNT-1 (r·out; mini r·mini_r), GRALORA-COUNT-1 ((r + h)(in + out)), HRA-COUNT-1 (d·r), IA3-COUNT-1
     (out or in), LOHA-COUNT-1 (2r(in + out), 2r(out + C·K), 2(r²K + r·out + r·C))."""
     check_count(row, driver)
+
+
+# ---- optional layer kinds of BONE-LAYER-2 and IA3-LAYER-2 -------------------------------------------------------
+
+
+def check_optional_kind(driver: Driver, row: RowSpec, data: st.DataObject, layer: Layer, variant: Variant) -> None:
+    """A declared optional kind adapts like a required one: injection succeeds (a rejection is the violation), the
+    adapter holds the oracle's canonical parameters, and with generic parameters its forward and its merged weight
+    (read back in logical orientation) equal the oracle's, ⟨N⟩ float64."""
+    record = RECORDS[row.tuner]
+    config = data.draw(record.configs(layer, variant, "random"), label=f"config_{layer.kind}_{variant.name}")
+    seed = data.draw(seeds, label="seed")
+    base = build_base(layer, "float64", seed)
+    context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, "float64", seed)
+    context.shapes["layer"] = (layer.kind, layer.groups, *layer.kernel_size)
+    try:
+        model = adapt(driver, row.tuner, copy.deepcopy(base), config).eval()
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        clause_fail(
+            context, f"injection into the declared optional kind {layer.kind} raised {type(exc).__name__}({exc})"
+        )
+    assert_equal(context, f"adapted modules ({layer.kind})", driver.adapted_modules(model), [KEY])
+    resolved = record.resolve(config, KEY)
+    expected_shapes = dict(sorted(record.oracle.param_shapes(resolved, layer).items()))
+    shapes = shapes_of(driver.get_params(model, KEY, "default"))
+    assert_equal(context, f"adapter parameters ({layer.kind}, {variant.name})", shapes, expected_shapes)
+    generator = torch.Generator().manual_seed(seed + 2)
+    driver.set_params(model, KEY, "default", record.perturb(resolved, layer, shapes, generator))
+    adapter = Adapter(resolved, {k: v.double() for k, v in driver.get_params(model, KEY, "default").items()})
+    weight = logical_weight(base, layer)
+    bias = None if base.bias is None else base.bias.detach().double()
+    eff_weight, eff_bias = record.oracle.effective(weight, bias, layer, [adapter])
+    x = random_tensor(data.draw(input_shapes(layer), label="input_shape"), "float64", seed + 1)
+    with torch.no_grad():
+        y = model(x)
+    expected = op(x, eff_weight, eff_bias, layer)
+    tol = tolerance("N", "float64")
+    assert_close_to_oracle(
+        context=context, what=f"output ({layer.kind}, {variant.name})", actual=y, expected=expected, tol=tol,
+        scale=scale(expected),
+    )  # fmt: skip
+    driver.merge(model)
+    merged = logical_weight(driver.layer_state(model, KEY).base_layer, layer)
+    assert_close_to_oracle(
+        context=context, what=f"merged weight ({layer.kind}, {variant.name}, logical orientation)", actual=merged,
+        expected=eff_weight, tol=tol, scale=scale(eff_weight),
+    )  # fmt: skip
+
+
+@pytest.mark.contract("BONE-LAYER-2", "IA3-LAYER-2")
+def test_optional_layer_kinds(row, driver):
+    """BONE-LAYER-2 (transformers Conv1D in logical orientation: `bone.hf_conv1d`, `miss.hf_conv1d`) and IA3-LAYER-2
+    (torch Conv1d with the vector (1, C, 1): `ia3.conv1d`), optional ⟨S⟩: a declared kind adapts, for every variant
+    of the clause and conv hyper-parameter, with canonical parameters and the oracle's forward and merged weight.
+    Skipped when no optional kind is declared. (The quantized-linear options have no layer kind in the suite.)"""
+    record, claims = RECORDS[row.tuner], claims_of(driver, row)
+    declared = sorted(kind for kind, capability in record.optional_kinds.items() if capability in claims.optional)
+    if not declared:
+        pytest.skip(f"optional capability not declared: {', '.join(sorted(record.optional_kinds.values()))}")
+    variants = clause_variants(row.clause, record, claims)
+
+    @given(data=st.data())
+    def check(data):
+        for kind in declared:
+            layer = with_common_factor(data, data.draw(layers(kind), label=f"layer_{kind}"))
+            for variant in variants:
+                if variant.applies_to(kind):
+                    check_optional_kind(driver, row, data, layer, variant)
+
+    check()

@@ -25,7 +25,7 @@ RECORD = TunerRecord(
     variants=(Variant("plain"), Variant("gs", {"apply_GS": True})),
     required_kinds=frozenset({"linear", "conv2d"}),
     optional_kinds={},
-    optional_geometry={"hra.grouped_conv2d": lambda layer: layer.kind == "conv2d" and layer.groups > 1},
+    optional_geometry={"hra.grouped_conv2d": ("conv2d", lambda layer: layer.groups > 1)},
     init_field="init_weights",
     configs=configs,
     defaults={

@@ -51,9 +51,9 @@ class TunerRecord:
     defaults: dict = field(default_factory=dict)  # SPEC table defaults (CFG-1 clauses)
     # Non-identity parameters inside §8's input domain, by canonical name, for the given shapes.
     perturb: Callable[[dict, Layer, dict[str, tuple[int, ...]], torch.Generator], dict] = uniform_params
-    # Optional capabilities that are a property of a geometry, not a layer kind: capability id → "this layer
-    # needs it" (HRA-LAYER-2: grouped Conv2d is `hra.grouped_conv2d`).
-    optional_geometry: dict[str, Callable[[Layer], bool]] = field(default_factory=dict)
+    # Optional capabilities that are a property of a supported kind's geometry, not a kind of their own:
+    # capability id → (kind, "this layer of the kind needs it") (HRA-LAYER-2: grouped Conv2d).
+    optional_geometry: dict[str, tuple[str, Callable[[Layer], bool]]] = field(default_factory=dict)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)

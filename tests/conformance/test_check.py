@@ -7,7 +7,7 @@ from conformance.check import check
 def test_reference_passes_the_forward_family():
     report = check("reference", tuners=["ia3"], families=["forward"], isolate=False)
     assert report.summary["pass"] == len(report.results) > 0
-    assert {row.clause for row in report.results} == {"CORE-FWD-1"}
+    assert "CORE-FWD-1" in {row.clause for row in report.results}
     assert report.driver_source == "conformance.drivers.reference:ReferenceDriver"
 
 
