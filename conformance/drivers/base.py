@@ -69,6 +69,17 @@ class Case:
 
 @runtime_checkable
 class Driver(Protocol):
+    """The operations of DESIGN.md's "Driver protocol", plus these observables added for the lifecycle families:
+
+    - `adapt(..., adapter=None)`: leave the adapter name to the implementation's default (CORE-LIFE-1 checks it is
+      "default"); a driver that cannot omit the name may pass "default".
+    - `get_requires_grad(model, key, adapter) -> dict[str, bool]`: the `requires_grad` flag of each of the adapter's
+      parameters on `key`, by canonical name (absent names left out, like `get_params`) (CORE-LIFE-2/4, CORE-TRAIN).
+    - `saved_module(model, key, adapter=None) -> nn.Module | None`: the LIVE module a `modules_to_save` wrapper at
+      `key` holds: `adapter`'s copy, or with `adapter=None` the original module; None when `key` holds no such wrapper
+      or `adapter` owns no copy there (CORE-MTS-1/2, CORE-TRAIN-1/6).
+    """
+
     name: str
 
     def version(self) -> str: ...
@@ -81,7 +92,7 @@ class Driver(Protocol):
         model: nn.Module,
         tuner: str,
         config: object,
-        adapter: str = "default",
+        adapter: str | None = "default",
         *,
         autocast_adapter_dtype: bool = True,
     ) -> nn.Module: ...
@@ -94,6 +105,8 @@ class Driver(Protocol):
     def get_params(self, model: nn.Module, key: str, adapter: str) -> dict[str, torch.Tensor]: ...
     def set_params(self, model: nn.Module, key: str, adapter: str, params: dict[str, torch.Tensor]) -> None: ...
     def get_grads(self, model: nn.Module, key: str, adapter: str) -> dict[str, torch.Tensor | None]: ...
+    def get_requires_grad(self, model: nn.Module, key: str, adapter: str) -> dict[str, bool]: ...
+    def saved_module(self, model: nn.Module, key: str, adapter: str | None = None) -> nn.Module | None: ...
     def merge(self, model: nn.Module, adapters: list[str] | None = None, safe: bool = False) -> None: ...
     def unmerge(self, model: nn.Module) -> None: ...
     def merge_and_unload(
@@ -172,14 +185,14 @@ class PeftLikeDriver:
         model: nn.Module,
         tuner: str,
         config: object,
-        adapter: str = "default",
+        adapter: str | None = "default",
         *,
         autocast_adapter_dtype: bool = True,
     ) -> nn.Module:
+        """`adapter=None` omits `adapter_name`: the implementation's default name (CORE-LIFE-1)."""
         cfg = self._config(tuner, config)
-        return self.library.get_peft_model(
-            model, cfg, adapter_name=adapter, autocast_adapter_dtype=autocast_adapter_dtype
-        )
+        named = {} if adapter is None else {"adapter_name": adapter}
+        return self.library.get_peft_model(model, cfg, autocast_adapter_dtype=autocast_adapter_dtype, **named)
 
     def add_adapter(self, model: nn.Module, tuner: str, name: str, config: object) -> None:
         model.add_adapter(name, self._config(tuner, config))
@@ -244,6 +257,19 @@ class PeftLikeDriver:
 
     def get_grads(self, model: nn.Module, key: str, adapter: str) -> dict[str, torch.Tensor | None]:
         return {name: t.grad for name, t in self._tensors(model, key, adapter).items()}
+
+    def get_requires_grad(self, model: nn.Module, key: str, adapter: str) -> dict[str, bool]:
+        return {name: t.requires_grad for name, t in self._tensors(model, key, adapter).items()}
+
+    def saved_module(self, model: nn.Module, key: str, adapter: str | None = None) -> nn.Module | None:
+        """PEFT's `ModulesToSaveWrapper` at `key`: `original_module`, or `modules_to_save[adapter]`."""
+        wrapper = self._layer(model, key)
+        original, copies = getattr(wrapper, "original_module", None), getattr(wrapper, "modules_to_save", None)
+        if original is None or copies is None:
+            return None
+        if adapter is None:
+            return original
+        return copies[adapter] if adapter in copies else None
 
     # ---- merge ----
     def merge(self, model: nn.Module, adapters: list[str] | None = None, safe: bool = False) -> None:
