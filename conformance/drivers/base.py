@@ -151,6 +151,8 @@ class PeftLikeDriver:
         "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     }
     driver_options: ClassVar[dict[str, Any]] = {}
+    # how a repro imports the library, and the prefix of its names there (`import peft` → "peft.")
+    repro_import: ClassVar[tuple[str, str]] = ("import peft", "peft.")
     api_map: ClassVar[dict[str, str]] = {
         "adapt": "get_peft_model(model, config, adapter_name=…, autocast_adapter_dtype=…)",
         "add_adapter": "PeftModel.add_adapter(name, config)",
@@ -164,6 +166,8 @@ class PeftLikeDriver:
         "save": "PeftModel.save_pretrained(dir, selected_adapters=…, safe_serialization=…)",
         "load": "PeftModel.from_pretrained(model, dir, adapter_name=…, is_trainable=…)",
         "load_adapter": "PeftModel.load_adapter(dir, adapter_name=…, is_trainable=…)",
+        "ia3.weighted_adapter": "PeftModel.add_weighted_adapter(adapters, weights, adapter_name)",
+        "loha.scale_layer": "scale_layer(f) / unscale_layer(f) / set_scale(adapter, f) on every LoHa layer",
     }
 
     # ---- configs ----
@@ -304,3 +308,33 @@ class PeftLikeDriver:
 
     def load_adapter(self, model: nn.Module, directory: str, name: str, trainable: bool = False) -> None:
         model.load_adapter(directory, adapter_name=name, is_trainable=trainable)
+
+    # ---- optional operations and repros ----
+    def call_optional(self, model: nn.Module, capability_id: str, **kw: Any) -> Any:
+        """`ia3.weighted_adapter`: model.add_weighted_adapter(adapters, weights, adapter_name);
+        `loha.scale_layer`: `method` ∈ scale_layer/unscale_layer/set_scale called with `args` on every tuner layer."""
+        if capability_id == "ia3.weighted_adapter":
+            return model.add_weighted_adapter(kw["adapters"], kw["weights"], kw["adapter_name"])
+        if capability_id == "loha.scale_layer":
+            for _, layer in self._layers(model):
+                getattr(layer, kw["method"])(*kw.get("args", ()))
+            return None
+        raise NotImplementedError(f"{self.name} has no optional capability {capability_id!r}")
+
+    def repro(self, case: Case) -> str | None:
+        """The failing case as a runnable snippet in the library's own API: the base model and input, the
+        adapters by `get_peft_model` / `add_adapter`, the recorded driver calls as comments, then the output."""
+        import_line, prefix = self.repro_import
+        lines = [case.model_code, import_line, f"torch.manual_seed({case.seed})"]
+        for i, (adapter, config) in enumerate(case.configs.items()):
+            config_code = f"{prefix}{self.config_classes[case.tuner].__name__}(**{config!r})"
+            if i == 0:
+                lines.append(f"model = {prefix}get_peft_model(model, {config_code}, adapter_name={adapter!r})")
+            else:
+                lines.append(f"model.add_adapter({adapter!r}, {config_code})")
+        lines += [f"# {call}" for call in case.calls]
+        if case.input_shapes:
+            lines.append("print(model(x))")
+        results = (("expected", case.expected), ("observed", case.observed))
+        lines += [f"# {label}: {value}" for label, value in results if value is not None]
+        return "\n".join(lines)

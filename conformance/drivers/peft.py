@@ -10,13 +10,12 @@ accepts (its `_create_new_module` dispatch), not what passes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import peft
 from peft.tuners.tuners_utils import BaseTunerLayer
-from torch import nn
 
-from .base import Capabilities, Case, PeftLikeDriver, TunerCapabilities
+from .base import Capabilities, PeftLikeDriver, TunerCapabilities
 
 
 class PeftDriver(PeftLikeDriver):
@@ -29,11 +28,6 @@ class PeftDriver(PeftLikeDriver):
         "hra": peft.HRAConfig,
         "ia3": peft.IA3Config,
         "loha": peft.LoHaConfig,
-    }
-    api_map: ClassVar[dict[str, str]] = {
-        **PeftLikeDriver.api_map,
-        "ia3.weighted_adapter": "PeftModel.add_weighted_adapter(adapters, weights, adapter_name)",
-        "loha.scale_layer": "LoHaLayer.scale_layer(f) / unscale_layer(f) / set_scale(adapter, f) on every LoHa layer",
     }
 
     def version(self) -> str:
@@ -69,32 +63,5 @@ class PeftDriver(PeftLikeDriver):
             }
         )  # fmt: skip
 
-    def call_optional(self, model: nn.Module, capability_id: str, **kw: Any) -> Any:
-        if capability_id == "ia3.weighted_adapter":
-            return model.add_weighted_adapter(kw["adapters"], kw["weights"], kw["adapter_name"])
-        if capability_id == "loha.scale_layer":
-            method = kw.pop("method")
-            for _, layer in self._layers(model):
-                getattr(layer, method)(*kw.get("args", ()))
-            return None
-        raise NotImplementedError(f"{self.name} has no optional capability {capability_id!r}")
-
     def convert_checkpoint(self, src_dir: str, dst_dir: str, to: str) -> None:
         raise NotImplementedError("peft 0.21 has no Bone ↔ MiSS checkpoint conversion")
-
-    def repro(self, case: Case) -> str | None:
-        """The failing case in peft's public API: the base model and input, `get_peft_model` / `add_adapter`, the
-        recorded calls, then the output."""
-        lines = [case.model_code, "import peft", f"torch.manual_seed({case.seed})"]
-        for i, (adapter, config) in enumerate(case.configs.items()):
-            config_code = f"peft.{self.config_classes[case.tuner].__name__}(**{config!r})"
-            if i == 0:
-                lines.append(f"model = peft.get_peft_model(model, {config_code}, adapter_name={adapter!r})")
-            else:
-                lines.append(f"model.add_adapter({adapter!r}, {config_code})")
-        lines += [f"# {call}" for call in case.calls]
-        if case.input_shapes:
-            lines.append("print(model(x))")
-        lines += [f"# {label}: {value}" for label, value in (("expected", case.expected), ("observed", case.observed))
-                  if value is not None]  # fmt: skip
-        return "\n".join(lines)
