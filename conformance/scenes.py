@@ -19,13 +19,13 @@ from torch import nn
 from . import coverage
 from .assertions import Context, assert_close_to_oracle, assert_equal, fail
 from .drivers.base import Driver
-from .harness import KEY, Holder, require_base_runs
+from .harness import KEY, Holder, claimed_layers, require_base_runs
 from .rows import RowSpec
 from .spec.layer import Adapter, Layer, op
 from .spec.record import TunerRecord
 from .spec.records import RECORDS
 from .spec.tolerances import scale, tolerance
-from .strategies import build_base, input_shapes, layers, logical_weight, random_tensor, seeds
+from .strategies import build_base, input_shapes, logical_weight, random_tensor, seeds
 
 ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 SECOND = "zeta"  # distinctive names, so that a message naming the adapter can be recognised
@@ -102,6 +102,7 @@ class Setup:
 
 
 def draw_setup(
+    driver: Driver,
     row: RowSpec,
     data: st.DataObject,
     names: Iterable[str] = ("default",),
@@ -109,10 +110,11 @@ def draw_setup(
     twin: bool = False,
     targets: dict[str, Any] | None = None,
 ) -> Setup:
-    """A layer of the row's kind, one config per adapter name (all of the row's variant, drawn independently),
-    and a seed. `targets` overrides `target_modules` per adapter (default `["layer"]`)."""
+    """A layer of the row's kind (only the optional geometries the driver declares), one config per adapter name
+    (all of the row's variant, drawn independently), and a seed. `targets` overrides `target_modules` per adapter
+    (default `["layer"]`)."""
     record = RECORDS[row.tuner]
-    layer = data.draw(layers(row.layer_kind), label="layer")
+    layer = data.draw(claimed_layers(row.layer_kind, record, driver.capabilities().tuners[row.tuner]), label="layer")
     variant = record.variant(row.variant)
     configs = {}
     for name in names:
@@ -216,7 +218,7 @@ def scene_for(
 ) -> Scene:
     """`fill_row`, `draw_setup` and `build` in one step (keyword arguments go to `fill_row`'s dtypes)."""
     row = fill_row(row, driver, data, **kw)
-    return build(driver, draw_setup(row, data, names))
+    return build(driver, draw_setup(driver, row, data, names))
 
 
 def caught_warnings(call: Callable[[], Any]) -> list[warnings.WarningMessage]:

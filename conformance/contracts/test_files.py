@@ -190,7 +190,7 @@ def test_saved_key_names(row, driver, data):
     """CORE-SAVE-2: every saved key is `"base_model.model." + key + "." + canonical name` (a dotted module key,
     a sub-module parameter's own `.weight`), and no key contains the adapter name (an adapter named `zeta`)."""
     row = fill_row(row, driver, data)
-    scene = build(driver, draw_setup(row, data, (SECOND,), twin=True))
+    scene = build(driver, draw_setup(driver, row, data, (SECOND,), twin=True))
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_and_read(driver, scene.model, tmp, [SECOND])(SECOND)
     expected = sorted(
@@ -244,7 +244,7 @@ def test_saved_tensors_exactly(row, driver, data):
     require_lifecycle(driver, row)
     row = fill_row(row, driver, data)
     record = RECORDS[row.tuner]
-    setup = draw_setup(row, data, tuple(SUBSTRING_ADAPTERS), twin=True, targets=SUBSTRING_ADAPTERS)
+    setup = draw_setup(driver, row, data, tuple(SUBSTRING_ADAPTERS), twin=True, targets=SUBSTRING_ADAPTERS)
     bias = data.draw(st.sampled_from(bias_options(record)), label="bias of default")
     head_owners = ["efaul"] + (["default"] if data.draw(st.booleans(), label="default saves head") else [])
     for name in setup.configs:
@@ -357,7 +357,7 @@ def test_save_load_round_trip(row, driver, data):
     adapter parameters on every layer, the trained biases its `bias` option saved, and bitwise-equal outputs; any
     dtype (half-precision bases: float32 adapters by autocast, on both sides)."""
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
-    setup = draw_setup(row, data, twin=True)
+    setup = draw_setup(driver, row, data, twin=True)
     bias = data.draw(st.sampled_from(bias_options(setup.record)), label="bias")
     if has_field(setup.record, "bias"):
         setup.configs["default"]["bias"] = bias
@@ -398,7 +398,7 @@ def test_load_missing_and_mismatched_keys(row, driver, data):
     listing it (and still uses the others); a tensor of another shape than the canonical one is an error of any type
     whose message names the key and both shapes."""
     row = fill_row(row, driver, data)
-    setup = draw_setup(row, data, twin=True)
+    setup = draw_setup(driver, row, data, twin=True)
     scene = build(driver, setup)
     ctx = scene.context
     with tempfile.TemporaryDirectory() as tmp:
@@ -490,7 +490,7 @@ def test_load_adapter(row, driver, data):
     saved adapter's bitwise."""
     require_lifecycle(driver, row)
     row = fill_row(row, driver, data, dtypes=("float64", "float32"))
-    setup = draw_setup(row, data)
+    setup = draw_setup(driver, row, data)
     saved = build(driver, setup)
     x = saved.input(data)
     expected = output(saved.model, x)
@@ -525,7 +525,7 @@ def test_saved_tensor_layout(row, driver, data):
     and without autocast) and is contiguous and unshared (safetensors byte ranges exact and disjoint; in a `.bin`,
     where the optional `files.bin` is declared, no views and no shared storage)."""
     row = fill_row(row, driver, data)
-    setup = draw_setup(row, data)
+    setup = draw_setup(driver, row, data)
     autocast = data.draw(st.booleans(), label="autocast_adapter_dtype")
     base = build_base(setup.layer, row.dtype, setup.seed)
     require_base_runs(base, setup.layer, row.dtype)

@@ -501,7 +501,7 @@ def test_bat_sequential_forward(row, driver, data):
     result; the bias is not transformed."""
     row = _fill(row, driver, data)
     names = ("default", SECOND) if offers(driver, row.tuner, "lifecycle") else ("default",)
-    scene = build(driver, draw_setup(row, data, names))
+    scene = build(driver, draw_setup(driver, row, data, names))
     order = data.draw(st.permutations(scene.names), label="active order")
     if len(order) > 1:
         driver.set_active(scene.model, order)
@@ -1114,7 +1114,7 @@ def test_loha_forward_conv_parameters(row, driver, data):
     groups and padding_mode in every term (one adapter, or two active where the lifecycle surface is offered)."""
     row = _fill(row, driver, data, kinds=CONV_KINDS)
     names = ("default", SECOND) if offers(driver, row.tuner, "lifecycle") else ("default",)
-    setup = draw_setup(row, data, names)
+    setup = draw_setup(driver, row, data, names)
     scene = build(driver, setup)
     if len(names) > 1:
         driver.set_active(scene.model, list(names))

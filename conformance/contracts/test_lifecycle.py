@@ -155,7 +155,7 @@ def batched_input(scene: Scene, data: st.DataObject) -> torch.Tensor:
 def setup_for(row: RowSpec, driver: Driver, data: st.DataObject, *args: Any, **kw: Any) -> Setup:
     """`scenes.draw_setup` without the optional geometries the driver does not declare (e.g. grouped Conv2d for
     HRA; `harness.optional_geometry_ok`)."""
-    setup = draw_setup(row, data, *args, **kw)
+    setup = draw_setup(driver, row, data, *args, **kw)
     assume(optional_geometry_ok(setup.layer, setup.record, claims_of(driver, setup.row)))
     return setup
 

@@ -49,7 +49,7 @@ def test_merge_selection_and_order(row, driver, data):
     require_lifecycle(driver, row)
     row = fill_row(row, driver, data)
     targets = {THIRD: r"inner\.layer"}  # a regex string: only `inner.layer` carries THIRD
-    scene = build(driver, draw_setup(row, data, ("default", SECOND, THIRD), twin=True, targets=targets))
+    scene = build(driver, draw_setup(driver, row, data, ("default", SECOND, THIRD), twin=True, targets=targets))
     ctx, model = scene.context, scene.model
     before = {key: scene.tensors(driver, key) for key in scene.setup.keys}
 
@@ -277,7 +277,7 @@ def test_model_level_merge(row, driver, data):
     model's) and `unmerge_adapter` restores every layer's weights within the tuner's unmerge class; a model with
     two tuner layers, model-scope tolerances."""
     row = fill_row(row, driver, data)
-    scene = build(driver, draw_setup(row, data, twin=True))
+    scene = build(driver, draw_setup(driver, row, data, twin=True))
     ctx, model, keys = scene.context, scene.model, scene.setup.keys
     x = scene.input(data)
     original = {key: scene.tensors(driver, key) for key in keys}
@@ -327,7 +327,7 @@ def test_merge_and_unload(row, driver, data):
     outputs of the adapted model with those adapters merged."""
     row = fill_row(row, driver, data)
     lifecycle = offers(driver, row.tuner, "lifecycle")
-    setup = draw_setup(row, data, ("default", SECOND) if lifecycle else ("default",))
+    setup = draw_setup(driver, row, data, ("default", SECOND) if lifecycle else ("default",))
     scene = build(driver, setup)
     choices = [None, ["default"], [SECOND, "default"]] if lifecycle else [None, ["default"]]
     names = data.draw(st.sampled_from(choices), label="adapter_names")
@@ -369,7 +369,7 @@ def test_merge_in_train_mode_is_dropout_free(row, driver, data):
     """CORE-MERGE-14: in train mode with every dropout probability > 0, merge writes the eval-mode effective weight
     (⟨N⟩) and merge then unmerge restores the base tensors within the tuner's unmerge class."""
     row = fill_row(row, driver, data)
-    setup = draw_setup(row, data)
+    setup = draw_setup(driver, row, data)
     p = data.draw(st.sampled_from([0.5, 1.0]), label="dropout")
     setup.configs = {name: _with_dropout(config, setup.record, p) for name, config in setup.configs.items()}
     scene = build(driver, setup)

@@ -70,7 +70,7 @@ def test_safe_merge_rejects_non_finite(row, driver, data):
     (another adapter may be merged already) and the adapter is not recorded as merged."""
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
     lifecycle = offers(driver, row.tuner, "lifecycle")
-    setup = draw_setup(row, data, ("default", SECOND) if lifecycle else (SECOND,))
+    setup = draw_setup(driver, row, data, ("default", SECOND) if lifecycle else (SECOND,))
     scene = build(driver, setup, perturb=breaker(data, SECOND))
     ctx, model = scene.context, scene.model
     merged_before = ["default"] if lifecycle and data.draw(st.booleans(), label="merge default first") else []
@@ -92,7 +92,7 @@ def test_safe_merge_equals_unsafe(row, driver, data):
     built identically, the same adapters merged in the same order)."""
     row = fill_row(row, driver, data)
     names = ("default", SECOND) if offers(driver, row.tuner, "lifecycle") else ("default",)
-    setup = draw_setup(row, data, names)
+    setup = draw_setup(driver, row, data, names)
     unsafe, safe = build(driver, setup), build(driver, setup)
     order = data.draw(st.permutations(list(names)), label="merge order")
     driver.merge(unsafe.model, order, safe=False)
@@ -112,7 +112,7 @@ def test_partial_safe_merge(row, driver, data):
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
     names = [SECOND, THIRD, "kappa"]
     j = data.draw(st.integers(0, len(names) - 1), label="failing position")
-    scene = build(driver, draw_setup(row, data, names), perturb=breaker(data, names[j]))
+    scene = build(driver, draw_setup(driver, row, data, names), perturb=breaker(data, names[j]))
     ctx = scene.context
     assume(merge_is_non_finite(scene, driver, names[j]))
     original = scene.tensors(driver)
@@ -135,7 +135,7 @@ def test_ia3_safe_merge_checks_bias(row, driver, data):
     entry that overflows (b_o = max/2 of the dtype, l_o = 4), it raises ValueError naming the adapter and leaves the
     base tensors bitwise unchanged, the adapter unrecorded."""
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
-    setup = draw_setup(row, data, (SECOND,))
+    setup = draw_setup(driver, row, data, (SECOND,))
     o = data.draw(st.integers(0, setup.layer.out_features - 1), label="overflowing channel")
     huge = torch.finfo(DTYPES[row.dtype]).max / 2
 

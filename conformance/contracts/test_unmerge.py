@@ -152,7 +152,7 @@ def test_bat_singular_unmerge(row, driver, data):
     reverted first (LIFO); no non-finite weight is ever written."""
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
     names = ("default", SECOND) if offers(driver, row.tuner, "lifecycle") else (SECOND,)
-    setup = draw_setup(row, data, names)
+    setup = draw_setup(driver, row, data, names)
     r = setup.configs[SECOND]["r"]
     p = data.draw(st.integers(0, setup.layer.out_features // r - 1), label="singular block")
 
@@ -239,7 +239,7 @@ def test_ia3_unmerge_warns(row, driver, data):
 def test_ia3_zero_entries_stay_zero(row, driver, data):
     """IA3-MERGE-4: entries scaled by l = 0 are exactly 0 after merging and stay 0 after unmerging (⟨Z⟩)."""
     row = fill_row(row, driver, data, dtypes=ALL_DTYPES)
-    setup = draw_setup(row, data)
+    setup = draw_setup(driver, row, data)
     zero_seed = data.draw(st.integers(0, 2**16), label="zero entries")
 
     def zeros(name: str, key: str, params: dict) -> dict:
@@ -276,7 +276,7 @@ def test_ia3_unmerge_never_silently_non_finite(row, driver, data):
     values silently: it raises ValueError naming the adapter before changing its tensors (which stay merged), or
     warns naming the adapter that non-finite values were produced."""
     row = fill_row(row, driver, data, dtypes=("float64", "float32"))
-    setup = draw_setup(row, data, (SECOND,))
+    setup = draw_setup(driver, row, data, (SECOND,))
     entry_seed = data.draw(st.integers(0, 2**16), label="entry")
 
     def tiny(name: str, key: str, params: dict) -> dict:
