@@ -107,7 +107,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if value is None:
         return
     for function in {id(item.obj): item.obj for item in items if _row(item) is not None}.values():
-        hypothesis.seed(value)(function)
+        if getattr(function, "is_hypothesis_test", False):  # a test running @given inside keeps derandomize
+            hypothesis.seed(value)(function)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
