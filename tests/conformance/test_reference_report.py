@@ -11,7 +11,7 @@ import pytest
 
 from conformance import coverage
 from conformance.check import check
-from conformance.report import Report
+from conformance.report import Report, regenerate
 from conformance.spec.records import RECORDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +73,12 @@ def test_the_committed_report_has_these_rows(run):
 def test_the_ci_profile_covers_every_axis(run):
     _, seen = run
     assert not REQUIRED - seen, sorted(REQUIRED - seen)
+
+
+def test_committed_markdown_equals_its_regeneration(tmp_path):
+    """DESIGN: `tunerspec report` rebuilds every committed `.md` from its JSON (and notes) byte for byte."""
+    committed = COMMITTED.parent
+    for path in committed.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for md_path in regenerate(tmp_path, notes_dir=committed / "notes"):
+        assert md_path.read_text(encoding="utf-8") == (committed / md_path.name).read_text(encoding="utf-8")
