@@ -15,16 +15,19 @@ from typing import Any
 
 import torch
 
+from .drivers.base import Discrepancy
 from .spec.layer import Layer
 from .spec.tolerances import Tolerance, violations
 
 
 class ClauseFailure(AssertionError):
-    """A clause does not hold for the implementation under test; `context` says on what."""
+    """A clause does not hold for the implementation under test; `context` says on what, and `discrepancy` (for a
+    failed tensor comparison) the worst element: what was compared, where, the expected and the observed value."""
 
-    def __init__(self, message: str, context: Context | None = None) -> None:
+    def __init__(self, message: str, context: Context | None = None, discrepancy: Discrepancy | None = None) -> None:
         super().__init__(message)
         self.context = context
+        self.discrepancy = discrepancy
 
 
 @dataclass
@@ -56,9 +59,9 @@ class Context:
         return "\n".join(lines)
 
 
-def fail(context: Context, message: str) -> None:
+def fail(context: Context, message: str, discrepancy: Discrepancy | None = None) -> None:
     __tracebackhide__ = True
-    raise ClauseFailure(f"{message} {context.describe()}", context)
+    raise ClauseFailure(f"{message} {context.describe()}", context, discrepancy)
 
 
 def assert_close_to_oracle(
@@ -79,14 +82,22 @@ def assert_close_to_oracle(
     if bad.any():
         error = (actual.detach().double() - expected.detach().double()).abs()
         error = torch.where(torch.isnan(error), torch.full_like(error, float("inf")), error)
-        where = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
-        worst = error.argmax()
+        # the worst element among those outside the bound (the largest error overall may be within its own bound)
+        worst = int(torch.where(bad, error, torch.full_like(error, -1.0)).flatten().argmax())
+        where = _index(worst, error.shape)
         got, want = actual.detach().flatten()[worst].item(), expected.detach().flatten()[worst].item()
+        extra_there = (
+            extra.detach().double().broadcast_to(error.shape).flatten()[worst].item()
+            if isinstance(extra, torch.Tensor)
+            else float(extra)
+        )
+        allowed = extra_there + tol.atol(scale) + tol.rtol * abs(want)
         bound = f"atol {tol.atol(scale):.3g} + rtol {tol.rtol:.3g}·|ref|"
         fail(
             context,
             f"{what} = {got:.6g} at {where}, but should be {want:.6g}: largest error {error.max().item():.3g} "
             f"({int(bad.sum())} of {bad.numel()} elements outside {bound})",
+            Discrepancy(what, where, float(want), float(got), allowed, *target_of(what)),
         )
 
 
@@ -95,7 +106,8 @@ def assert_equal(context: Context, what: str, actual: Any, expected: Any) -> Non
     __tracebackhide__ = True
     same = torch.equal(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
     if not same:
-        fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}")
+        difference = _first_difference(what, actual, expected)
+        fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}", difference)
 
 
 def assert_raises_clause(
@@ -114,6 +126,41 @@ def assert_raises_clause(
         return exc
     fail(context, f"no {wanted} was raised (subject {subject!r})")
     raise AssertionError  # unreachable: fail() raises
+
+
+def target_of(what: str) -> tuple[str | None, str]:
+    """What a repro recomputes to show a failed comparison named `what`, and on which key: the model's output on `x`
+    (eval mode), the live base weight or bias (after a merge or an unmerge; "… of <key>" names another key than
+    `layer`), or nothing it can render (probes, gradients, train-mode outputs, derived matrices)."""
+    text = what.lower()
+    key = re.search(r"\bof ([a-z_][\w.]*)", what)
+    key_name = key[1] if key is not None and key[1] in ("layer", "inner.layer") else "layer"
+    if re.match(r"(eval-mode |merged |merged model )?output\b", text):
+        return "output", key_name
+    for part in ("weight", "bias"):
+        if re.match(rf"(merged|unmerged|base) {part}\b|{part} after", text) or re.search(
+            rf"(: base {part}\b|tensors.*: {part}$)", text
+        ):
+            return part, key_name
+    return None, key_name
+
+
+def _first_difference(what: str, actual: Any, expected: Any) -> Discrepancy | None:
+    """The first differing element of two same-shaped floating tensors (⟨S⟩/⟨Z⟩: no difference allowed)."""
+    if not (isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor)):
+        return None
+    if actual.shape != expected.shape or not (actual.is_floating_point() and expected.is_floating_point()):
+        return None
+    a, e = actual.detach().double().flatten(), expected.detach().double().flatten()
+    differs = ~((a == e) | (torch.isnan(a) & torch.isnan(e)))
+    if not differs.any():
+        return None  # equal values, different dtypes: nothing an element shows
+    first = int(differs.nonzero()[0])
+    return Discrepancy(what, _index(first, actual.shape), e[first].item(), a[first].item(), 0.0, *target_of(what))
+
+
+def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if len(shape) else ()
 
 
 def _short(value: Any) -> str:

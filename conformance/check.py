@@ -1,14 +1,17 @@
 """`conformance.check(...)`: run the contracts against one implementation and return its `Report`
-(the entry other projects' CI and `tunerspec check` use)."""
+(the entry other projects' CI and `tunerspec check` use), each finding's repro confirmed in a clean subprocess."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -16,13 +19,14 @@ import pytest
 import torch
 
 from ._version import __version__
-from .drivers.base import TUNERS, Driver
+from .drivers.base import REPRODUCED, TUNERS, Driver
 from .plugin import BUILTIN_DRIVERS, load_driver
-from .report import Report, Row
+from .report import Report, Row, strip_numbers
 from .spec.clauses import spec_sha256
 from .spec.families import FAMILIES
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
+REPRO_TIMEOUT_S = 60
 
 
 def driver_spec(driver: str | Driver) -> str:
@@ -42,9 +46,11 @@ def check(
     stop_on_first_fail: bool = False,
     isolate: bool = True,
     command: str | None = None,
+    verify: bool = True,
 ) -> Report:
     """Run the contract families (all, or `families`) for `tuners` (all the driver claims, or these) and
-    return the report. `isolate=True` runs pytest in a child process; `False` runs it in this one."""
+    return the report. `isolate=True` runs pytest in a child process; `False` runs it in this one. `verify`: run
+    the repros of the `fail` / `error` rows in clean subprocesses and set `repro_verified` (`verify_repros`)."""
     spec = driver_spec(driver)
     instance = load_driver(spec)
     tuners = list(tuners or TUNERS)
@@ -60,11 +66,72 @@ def check(
             *[f"--tuner={t}" for t in tuners], *(["-x"] if stop_on_first_fail else []),
         ]  # fmt: skip
         if isolate:
-            subprocess.run([sys.executable, "-m", "pytest", *args], check=False)
+            subprocess.run([sys.executable, "-m", "pytest", *args], check=False, env=_child_env())
         else:
             pytest.main(args)
         rows = json.loads(Path(rows_path).read_text()) if os.path.exists(rows_path) else []
-    return _report(instance, spec, profile, seed, tuners, rows, command)
+    report = _report(instance, spec, profile, seed, tuners, rows, command)
+    if verify:
+        verify_repros(report.results)
+    return report
+
+
+def _child_env() -> dict[str, str]:
+    """The contracts' child process: offline transformers (nothing needs the hub), and one intra-op thread unless
+    the caller chose otherwise — the tensors are tiny, and a second thread only spins (the whole reference run:
+    90 s with one thread, 5–8 min with two on a busy 2-core machine)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def verify_repros(rows: Iterable[Row], timeout: float = REPRO_TIMEOUT_S) -> None:
+    """Set `repro_verified` on the `fail` / `error` rows whose repro shows the failure when run alone: one row per
+    (tuner, clause, detail without its numbers) group is run, and its verdict holds for the group's rows with a
+    repro. Rows without a repro keep False."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        if row.status in ("fail", "error") and row.repro:
+            groups.setdefault((row.tuner, row.clause, strip_numbers(row.detail)), []).append(row)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        verdicts = list(pool.map(lambda group: repro_shows(group[0], timeout), groups.values()))
+    for group, verdict in zip(groups.values(), verdicts, strict=True):
+        for row in group:
+            row.repro_verified = verdict
+
+
+def repro_shows(row: Row, timeout: float = REPRO_TIMEOUT_S) -> bool:
+    """Whether the row's repro, run alone (`run_repro`), shows the row's failure (`shows_failure`). A `fail` row's
+    repro without the final check (nothing prints `REPRODUCED: …`) is not run."""
+    if not row.repro or (row.status == "fail" and REPRODUCED not in row.repro):
+        return False
+    done = run_repro(row.repro, timeout)
+    return done is not None and shows_failure(row, done)
+
+
+def run_repro(snippet: str, timeout: float = REPRO_TIMEOUT_S) -> subprocess.CompletedProcess | None:
+    """Run a snippet in a clean interpreter: `python -c`, a temporary working directory, no PYTHONPATH entry holding
+    tunerspec's `conformance`, transformers offline. None when it hung past `timeout` or could not start."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    paths = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not Path(p, "conformance").is_dir()]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    with tempfile.TemporaryDirectory(prefix="tunerspec-repro-") as tmp:
+        try:
+            return subprocess.run(
+                [sys.executable, "-c", snippet], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+
+def shows_failure(row: Row, done: subprocess.CompletedProcess) -> bool:
+    """A `fail` row's repro printed a line `REPRODUCED: …` (the observed element differs from SPEC's as the suite
+    saw); an `error` row's repro ended with a traceback of the row's exception type."""
+    if row.status == "fail":
+        return done.returncode == 0 and any(line.startswith(REPRODUCED) for line in done.stdout.splitlines())
+    name = re.match(r"([A-Za-z_][\w.]*):", row.detail)
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    raised = re.match(r"([A-Za-z_][\w.]*)(:|$)", last)
+    return bool(done.returncode != 0 and name and raised and raised[1].split(".")[-1] == name[1].split(".")[-1])
 
 
 def _report(

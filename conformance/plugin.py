@@ -3,25 +3,37 @@
 - registers the project's hypothesis profiles (`tunerspec-dev`, `tunerspec-ci`, `tunerspec-thorough`);
 - builds the driver named by `--impl` (a built-in name or `package.module:Class`);
 - parametrizes every `@pytest.mark.contract(clause, axes=…)` test with one `RowSpec` per report row;
+- hands the contract tests a `RecordingDriver` around the driver, whose log restarts with every hypothesis example
+  (the test's `inner_test` is wrapped), so that the log of a failing example is the calls of that example only
+  (hypothesis replays the minimal failing example last);
 - turns each row's outcome into a status: `pass`; `fail` for a `ClauseFailure` (a violated clause, or a
   MUST capability the driver lacks); `error` for any other exception (the implementation raised where
   SPEC requires an answer); `warn` for a violated `.should` row (a SHOULD part; the test passes); `skip` with
-  the reason decided in `conformance.rows`.
+  the reason decided in `conformance.rows`;
+- gives each `fail` / `error` / `warn` row a repro: a `Case` built from the failure's `Context`, its `Discrepancy`
+  and the recorded calls, rendered by `driver.repro(case)`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import types
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import hypothesis
 import pytest
+import torch
 from hypothesis import HealthCheck, Phase, settings
+from torch import nn
 
-from .assertions import ClauseFailure
-from .drivers.base import Case, Driver
+from .assertions import ClauseFailure, Context
+from .drivers.base import READ_ONLY, Call, Case, Driver, Ref
+from .recording import CallRecord, RecordingDriver, input_code, module_code, unwrap
 from .rows import SHOULD, RowSpec, expand
 from .spec.records import RECORDS
 from .strategies import base_code
@@ -37,6 +49,9 @@ BUILTIN_DRIVERS = {
     "peft": "conformance.drivers.peft:PeftDriver",
 }
 RESULTS = pytest.StashKey[list]()
+# the calls of the example that raised each exception of the current test (id → (exception, calls))
+_EXAMPLE_CALLS: dict[int, tuple[BaseException, list[CallRecord]]] = {}
+_KEPT_EXAMPLES = 16  # the latest failing examples (hypothesis replays each distinct failure once, at the end)
 
 
 def load_driver(spec: str) -> Driver:
@@ -74,13 +89,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def driver(pytestconfig: pytest.Config) -> Driver:
+    """The `--impl` driver behind a `RecordingDriver` (a pass-through that logs the calls of each example)."""
     return _driver(pytestconfig)
 
 
-def _driver(config: pytest.Config) -> Driver:
+def _driver(config: pytest.Config) -> RecordingDriver:
     cached = getattr(config, "_tunerspec_driver", None)
     if cached is None:
-        cached = load_driver(config.getoption("--impl"))
+        cached = RecordingDriver(load_driver(config.getoption("--impl")))
         config._tunerspec_driver = cached
     return cached
 
@@ -101,14 +117,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`--tunerspec-seed`: hypothesis's own `seed` decorator on every contract test (it takes precedence over the
-    profile's `derandomize`, which otherwise fixes the examples per test function)."""
+    """Every contract test's examples restart the driver's call log (`_per_example`). `--tunerspec-seed`:
+    hypothesis's own `seed` decorator on every contract test (it takes precedence over the profile's `derandomize`,
+    which otherwise fixes the examples per test function)."""
     value = config.getoption("--tunerspec-seed")
-    if value is None:
-        return
     for function in {id(item.obj): item.obj for item in items if _row(item) is not None}.values():
-        if getattr(function, "is_hypothesis_test", False):  # a test running @given inside keeps derandomize
+        if not getattr(function, "is_hypothesis_test", False):  # a test running @given inside keeps derandomize
+            continue
+        handle = function.hypothesis
+        if not getattr(handle.inner_test, "_tunerspec_per_example", False):
+            handle.inner_test = _per_example(handle.inner_test)
+        if value is not None:
             hypothesis.seed(value)(function)
+
+
+def _per_example(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """Hypothesis's `inner_test` (one call per example, the replay of a failing one included), preceded by a restart
+    of the driver's call log; an exception it raises passes through untouched, its example's calls noted aside."""
+
+    @functools.wraps(inner)
+    def example(*args: Any, **kwargs: Any) -> Any:
+        recorder = kwargs.get("driver")
+        if type(recorder) is not RecordingDriver:
+            return inner(*args, **kwargs)
+        recorder.restart()
+        try:
+            return inner(*args, **kwargs)
+        except BaseException as exc:
+            _EXAMPLE_CALLS[id(exc)] = (exc, list(recorder.calls))
+            while len(_EXAMPLE_CALLS) > _KEPT_EXAMPLES:  # shrinking raises many times; the replays come last
+                del _EXAMPLE_CALLS[next(iter(_EXAMPLE_CALLS))]
+            raise
+
+    example._tunerspec_per_example = True  # type: ignore[attr-defined]
+    return example
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -120,6 +162,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     row = _row(pyfuncitem)
+    _EXAMPLE_CALLS.clear()
+    if row is not None:
+        _driver(pyfuncitem.config).restart()  # a test without examples: its one run's calls
     if row is not None and row.unsupported:
         raise ClauseFailure(f"unsupported, required by {row.clause}: {row.unsupported}")
     yield
@@ -134,8 +179,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return
     status, detail = _status(report, call)
     repro = None
-    if status == "fail":
-        repro = _repro(_driver(item.config), row, _violation(call.excinfo.value))
+    if status in ("fail", "error") and report.when == "call" and call.excinfo is not None:
+        exc = call.excinfo.value
+        failure = _violation(exc) if status == "fail" else _error_of(exc)
+        repro = _repro(_driver(item.config), row, failure, error=status == "error")
     if status == "fail" and row.clause.endswith(SHOULD):
         status = "warn"  # a SHOULD part not met: reported, not a test failure
         report.outcome, report.longrepr = "passed", None
@@ -179,11 +226,51 @@ def _violation(exc: BaseException | None) -> ClauseFailure | None:
     return None
 
 
-def _repro(driver: Driver, row: RowSpec, failure: ClauseFailure | None) -> str | None:
-    """The failing case as a snippet in the implementation's own API (`driver.repro`), or None where the failure
-    does not name a base layer or the driver renders no repro."""
-    context = failure.context if failure is not None else None
-    if context is None or context.layer is None:
+def _error_of(exc: BaseException) -> BaseException:
+    """The exception an `error` row reports (the first of a hypothesis group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _repro(recorder: RecordingDriver, row: RowSpec, failure: BaseException | None, *, error: bool) -> str | None:
+    """The failing example as a snippet in the implementation's own API (`driver.repro`): its base model and input,
+    the driver calls it made, then the check that failed (`fail`) or the call that raised (`error`). None where no
+    failing example is known, the base model cannot be written as source or the driver renders no repro."""
+    if failure is None:
+        return None
+    context = failure.context if isinstance(failure, ClauseFailure) else _context_in(failure)
+    records = _EXAMPLE_CALLS.get(id(failure), (None, recorder.calls))[1]
+    if all(r.method in READ_ONLY for r in records):
+        return _old_style_repro(recorder, row, failure, context)
+    seed = context.seed if context is not None else None
+    seeds = () if seed is None else (seed, seed + 7)  # the seeds `build_base` is given (a Twin's second: seed + 7)
+    calls, primary = _case_calls(records, seeds)
+    model_code = _model_code(primary, context, seeds) if primary is not None else "import torch, transformers"
+    if model_code is None:
+        return context.repro if context is not None else None
+    shape = context.shapes.get("x") if context is not None else None
+    case = Case(
+        tuner=row.tuner,
+        clause=row.clause,
+        configs={},
+        model_code=model_code,
+        input_shapes=[tuple(shape)] if shape is not None else [],
+        seed=(context.seed or 0) if context is not None else 0,
+        calls=calls,
+        observed=str(failure).split("\n", 1)[0],
+        discrepancy=getattr(failure, "discrepancy", None),
+        error=type(failure).__name__ if error else None,
+    )
+    return _render(recorder, case)
+
+
+def _old_style_repro(
+    recorder: RecordingDriver, row: RowSpec, failure: BaseException, context: Context | None
+) -> str | None:
+    """No model was adapted through the driver: the base layer of the context adapted with its config (a `fail` row),
+    or the context's own repro."""
+    if context is None or context.layer is None or not isinstance(failure, ClauseFailure):
         return context.repro if context is not None else None  # a model-scope check may render its own
     values = context.config.values()
     nested = bool(context.config) and all(isinstance(v, dict) and "target_modules" in v for v in values)
@@ -198,10 +285,103 @@ def _repro(driver: Driver, row: RowSpec, failure: ClauseFailure | None) -> str |
         seed=context.seed or 0,
         observed=str(failure).split("\n", 1)[0],
     )
+    return _render(recorder, case)
+
+
+def _render(recorder: RecordingDriver, case: Case) -> str | None:
+    driver = unwrap(recorder)
     try:
         return driver.repro(case)
     except Exception as exc:  # a driver's broken repro must not lose the row
         return f"# {driver.name}.repro raised {type(exc).__name__}: {exc}"
+
+
+def _context_in(exc: BaseException) -> Context | None:
+    """The failure context of the test an exception went through: the innermost frame of its traceback holding a
+    `Context`, or an object with one (an adapted layer, a scene)."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            found = value if isinstance(value, Context) else getattr(value, "context", None)
+            if isinstance(found, Context):
+                return found
+    return None
+
+
+def _case_calls(
+    records: list[CallRecord], seeds: tuple[int, ...]
+) -> tuple[list[Call], tuple[nn.Module, dict[str, torch.Tensor]] | None]:
+    """The recorded calls with every object replaced by a `Ref`: the first base model is `model` (the case's model
+    code builds it), other base models carry their source, results are named where they are models or configs.
+    Also returns the first base model and its tensors as they were passed."""
+    refs: dict[int, Ref] = {}
+    counts: Counter[str] = Counter()
+    primary: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
+
+    def fresh(stem: str) -> str:
+        counts[stem] += 1
+        return stem if stem == "model" and counts[stem] == 1 else f"{stem}_{counts[stem]}"
+
+    def convert(value: Any, record: CallRecord, base_arg: bool) -> Any:
+        if value is None or isinstance(value, (str, int, float, bool, torch.Tensor, torch.dtype, torch.device)):
+            return value
+        if isinstance(value, dict):
+            return {k: convert(v, record, False) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return type(value)(convert(v, record, False) for v in value)
+        if hasattr(value, "__fspath__"):
+            return str(value)
+        if id(value) in refs:
+            return refs[id(value)]
+        if isinstance(value, nn.Module):
+            state = record.base_state if base_arg and record.base_state is not None else value.state_dict()
+            if not primary:
+                primary.append((value, state))
+                ref = Ref(fresh("model"))
+            else:
+                var = fresh("base")
+                ref = Ref(var, code=module_code(var, value, state, seeds))
+        else:
+            ref = Ref(fresh("config" if _is_config(value) else "value"), value=value)
+        refs[id(value)] = ref
+        return ref
+
+    calls = []
+    for record in records:
+        base_name = {"adapt": "model", "load": "base_model"}.get(record.method)
+        arguments = {k: convert(v, record, k == base_name) for k, v in record.arguments.items()}
+        result = None
+        if record.returned and (isinstance(record.result, nn.Module) or _is_config(record.result)):
+            wrapped = arguments.get("model") if record.method == "adapt" else None
+            if isinstance(wrapped, Ref):  # `model = get_peft_model(model, …)`: the base lives on inside the result
+                result = Ref(wrapped.var)
+            else:
+                result = Ref(fresh("model" if isinstance(record.result, nn.Module) else "config"))
+            refs[id(record.result)] = result
+        calls.append(Call(record.method, arguments, result, raised=not record.returned))
+    return calls, (primary[0] if primary else None)
+
+
+def _is_config(value: Any) -> bool:
+    return hasattr(value, "to_dict") and not isinstance(value, (nn.Module, types.ModuleType, type))
+
+
+def _model_code(
+    primary: tuple[nn.Module, dict[str, torch.Tensor]], context: Context | None, seeds: tuple[int, ...]
+) -> str | None:
+    """Source binding `model` (the first base model, with its tensors as they were passed: `module_code`) and `x`
+    (the input, `strategies.random_tensor(shape, dtype, seed + 1)`, where the context names its shape)."""
+    module, state = primary
+    code = module_code("model", module, state, seeds)
+    shape = context.shapes.get("x") if context is not None else None
+    if code is None or shape is None or not seeds:
+        return code
+    dtype = next(iter(state.values())).dtype if state else torch.float64
+    return code + "\n" + input_code(shape, dtype, seeds[0] + 1)
 
 
 def _one_line(text: str, limit: int = 400) -> str:

@@ -51,6 +51,45 @@ class LayerState:
     base_layer: nn.Module  # the LIVE base layer: weight and bias as they are now
 
 
+@dataclass(frozen=True)
+class Ref:
+    """An object of the failing example that a repro names `var` (a model, a config). `code`, where set, is source
+    that binds `var` (a base model the snippet builds); else a rendered call's result binds it. `value` is the object
+    itself, for a renderer that has to describe one no call produced (a config built outside the driver)."""
+
+    var: str
+    code: str | None = None
+    value: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Call:
+    """One driver call of the failing example: the protocol method, its arguments by the protocol's parameter names
+    (defaults applied; tensors as values, models and configs as `Ref`s), the `Ref` its result is bound to (models
+    and configs only), and whether it raised."""
+
+    method: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    result: Ref | None = None
+    raised: bool = False
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """The worst element of a failed comparison: `what` was compared, at index `where`; the oracle's `expected`
+    value, the implementation's `observed` one, and `bound`, the |difference| allowed there (0: equality).
+    `target` says what a repro recomputes to show it: "output" (the model on `x`), "weight" or "bias" (the live base
+    layer under `key`, logical orientation), or None (not rendered)."""
+
+    what: str
+    where: tuple[int, ...]
+    expected: float
+    observed: float
+    bound: float
+    target: str | None = None
+    key: str = "layer"
+
+
 @dataclass
 class Case:
     """What a standalone repro needs (DESIGN.md)."""
@@ -61,10 +100,22 @@ class Case:
     model_code: str  # Python that binds `model` (the base model) and `x` (the input)
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)
     seed: int = 0
-    calls: list[str] = field(default_factory=list)  # the driver calls made, in order
+    # the driver calls made, in order (a `str` is rendered as a comment); when there are none, the snippet adapts
+    # `model` with `configs`
+    calls: list[Call | str] = field(default_factory=list)
     expected: str | None = None
     observed: str | None = None
     formula: str | None = None
+    discrepancy: Discrepancy | None = None  # for the snippet's final check
+    error: str | None = None  # the exception type the failing example raised (an `error` row)
+
+
+REPRODUCED = "REPRODUCED:"  # the line a repro prints when it shows the failure (`conformance.check` looks for it)
+# calls that change no state: a repro leaves them out
+READ_ONLY = frozenset(
+    {"version", "capabilities", "config_to_dict", "adapted_modules", "layer_state", "get_params", "get_grads",
+     "get_requires_grad", "saved_module", "repro"}
+)  # fmt: skip
 
 
 @runtime_checkable
@@ -322,10 +373,41 @@ class PeftLikeDriver:
         raise NotImplementedError(f"{self.name} has no optional capability {capability_id!r}")
 
     def repro(self, case: Case) -> str | None:
-        """The failing case as a runnable snippet in the library's own API: the base model and input, the
-        adapters by `get_peft_model` / `add_adapter`, the recorded driver calls as comments, then the output."""
+        """The failing case as a runnable snippet in the library's own API: the base model and input, the recorded
+        driver calls rendered as the public calls they stand for (`render_call`), then the forward on `x` and a final
+        check that prints the observed element next to the oracle's value (and `REPRODUCED: …` when they differ as
+        the suite saw). Without recorded calls: the adapters of `case.configs`, then the output."""
         import_line, prefix = self.repro_import
-        lines = [case.model_code, import_line, f"torch.manual_seed({case.seed})"]
+        calls = [call for call in case.calls if isinstance(call, Call)]
+        if not calls:
+            head = [case.model_code, import_line, f"torch.manual_seed({case.seed})"]
+            return "\n".join(head + self._adapt_configs(case, prefix))
+        snippet = ReproSnippet(self, case, prefix, x_bound=bool(case.input_shapes))
+        changing = [i for i, call in enumerate(case.calls) if isinstance(call, Call) and call.method not in READ_ONLY]
+        last = changing[-1] if changing else -1
+        disabled_last = last >= 0 and case.calls[last].method == "disabled"  # type: ignore[union-attr]
+        for i, call in enumerate(case.calls):
+            if isinstance(call, str):
+                snippet.lines.append(f"# {call}")
+            elif call.method in READ_ONLY or (disabled_last and i == last):
+                continue
+            elif call.raised and i != len(case.calls) - 1:  # the test expected it to raise, and went on
+                body = self.render_call(call, snippet)
+                snippet.lines += ["try:", *_indent(body or ["pass"]), "except Exception as exc:"]
+                snippet.lines.append(f"    print(f'{call.method} raised {{type(exc).__name__}}: {{exc}}')")
+            else:
+                snippet.lines += self.render_call(call, snippet)
+                snippet.current = _model_after(call, snippet.current)
+            if isinstance(call, Call) and call.result is not None:
+                snippet.bound.add(call.result.var)
+        if not calls[-1].raised:
+            snippet.final_check(disabled=disabled_last)
+        head = [case.model_code, import_line, *sorted(snippet.imports), f"torch.manual_seed({case.seed})"]
+        return "\n".join([*head, *snippet.lines])
+
+    def _adapt_configs(self, case: Case, prefix: str) -> list[str]:
+        """The pre-recording repro: adapters from `case.configs`, `case.calls` as comments, the output."""
+        lines = []
         for i, (adapter, config) in enumerate(case.configs.items()):
             config_code = f"{prefix}{self.config_classes[case.tuner].__name__}(**{config!r})"
             if i == 0:
@@ -337,4 +419,234 @@ class PeftLikeDriver:
             lines.append("print(model(x))")
         results = (("expected", case.expected), ("observed", case.observed))
         lines += [f"# {label}: {value}" for label, value in results if value is not None]
-        return "\n".join(lines)
+        return lines
+
+    # ---- rendering one recorded call in the library's public API (a port overrides what differs) ----
+    def render_call(self, call: Call, snippet: ReproSnippet) -> list[str]:
+        """The lines that make `call` through the library's public API (`api_map`); a comment where none exists."""
+        a, prefix, method = call.arguments, snippet.prefix, call.method
+        model = snippet.name(a["model"]) if "model" in a else None
+        result = call.result.var if call.result is not None else "_"
+        if method == "make_config":
+            config = self._config_code(a["tuner"], a["config"], prefix)
+            return [f"{result} = {config}" if call.result is not None else config]
+        if method == "config_from_dict":
+            config_class = f"{prefix}{self.config_classes[a['tuner']].__name__}"
+            return [f"{result} = {config_class}.from_dict({dict(a['d'])!r})"]
+        if method == "adapt":
+            config = snippet.config(a["tuner"], a["config"])
+            named = "" if a["adapter"] is None else f", adapter_name={a['adapter']!r}"
+            autocast = "" if a["autocast_adapter_dtype"] else ", autocast_adapter_dtype=False"
+            snippet.adapted.add(result)
+            return [f"{result} = {prefix}get_peft_model({model}, {config}{named}{autocast})"]
+        if method == "add_adapter":
+            return [f"{model}.add_adapter({a['name']!r}, {snippet.config(a['tuner'], a['config'])})"]
+        if method == "set_active":
+            return [f"{model}.base_model.set_adapter({list(a['names'])!r})"]
+        if method == "delete_adapter":
+            return [f"{model}.delete_adapter({a['name']!r})"]
+        if method == "disabled":  # a block left before the failing check: entered around a forward, as the tests do
+            body = f"{model}.eval()(x)" if snippet.x_bound else "pass"
+            return [f"with torch.no_grad(), {model}.disable_adapter():", f"    {body}"]
+        if method == "set_params":
+            target = f"{model}.base_model.model.get_submodule({a['key']!r})"
+            return [
+                f"{self._param_code(target, a['adapter'], name, snippet.case.tuner)}.data.copy_({tensor_code(value)})"
+                for name, value in a["params"].items()
+            ]
+        if method == "merge":
+            return [f"{model}.merge_adapter(adapter_names={a['adapters']!r}, safe_merge={a['safe']!r})"]
+        if method == "unmerge":
+            return [f"{model}.unmerge_adapter()"]
+        if method == "merge_and_unload":
+            return [f"{result} = {model}.merge_and_unload(safe_merge={a['safe']!r}, adapter_names={a['adapters']!r})"]
+        if method == "unload":
+            return [f"{result} = {model}.unload()"]
+        if method == "save":
+            directory = snippet.path(a["directory"])
+            return [
+                f"{model}.save_pretrained({directory}, selected_adapters={a['adapters']!r}, "
+                f"safe_serialization={a['safetensors']!r})"
+            ]
+        if method == "load":
+            base, directory = snippet.name(a["base_model"]), snippet.path(a["directory"])
+            snippet.adapted.add(result)
+            return [
+                f"{result} = {prefix}PeftModel.from_pretrained({base}, {directory}, adapter_name={a['adapter']!r}, "
+                f"is_trainable={a['trainable']!r})"
+            ]
+        if method == "load_adapter":
+            directory = snippet.path(a["directory"])
+            return [f"{model}.load_adapter({directory}, adapter_name={a['name']!r}, is_trainable={a['trainable']!r})"]
+        if method == "call_optional":
+            return self._render_optional(model, a["capability_id"], a.get("kw", {}), snippet)
+        return [f"# not rendered: driver.{method}({_arguments_repr(a)})"]
+
+    def _render_optional(self, model: str | None, capability: str, kw: dict, snippet: ReproSnippet) -> list[str]:
+        if capability == "ia3.weighted_adapter":
+            return [f"{model}.add_weighted_adapter({kw['adapters']!r}, {kw['weights']!r}, {kw['adapter_name']!r})"]
+        if capability == "loha.scale_layer":
+            layer_class = self.tuner_layer_class
+            snippet.imports.add(f"import {layer_class.__module__}")
+            return [
+                f"for module in {model}.base_model.model.modules():",
+                f"    if isinstance(module, {layer_class.__module__}.{layer_class.__qualname__}):",
+                f"        module.{kw['method']}({', '.join(map(repr, kw.get('args', ())))})",
+            ]
+        return [f"# not rendered: driver.call_optional({model}, {capability!r}, **{kw!r})"]
+
+    def _config_code(self, tuner: str, config: Any, prefix: str) -> str:
+        """A config object's constructor call from a canonical dict."""
+        return f"{prefix}{self.config_classes[tuner].__name__}(**{dict(config)!r})"
+
+    def config_object_code(self, tuner: str, config: object, prefix: str) -> str:
+        """A config object made outside the recorded calls, as its constructor call with the fields that differ
+        from the defaults."""
+        if isinstance(config, dict):
+            return self._config_code(tuner, config, prefix)
+        cls = type(config)
+        fields = self.config_to_dict(config)
+        defaults = self.config_to_dict(cls())
+        changed = {k: v for k, v in fields.items() if defaults.get(k) != v}
+        return f"{prefix}{cls.__name__}(**{changed!r})"
+
+    def _param_code(self, layer_code: str, adapter: str, canonical: str, tuner: str) -> str:
+        """The live tensor of a canonical parameter name on a layer (the implementation's name and container)."""
+        container, _, attribute = self.param_names.get(tuner, {}).get(canonical, canonical).partition(".")
+        return f"{layer_code}.{container}[{adapter!r}]" + (f".{attribute}" if attribute else "")
+
+
+class ReproSnippet:
+    """The state of a repro being rendered: its lines, extra imports, which variables are bound (`model` and `x` by
+    the model code), which hold adapted models, the temporary directories, and the model a forward goes through."""
+
+    def __init__(self, driver: PeftLikeDriver, case: Case, prefix: str, *, x_bound: bool) -> None:
+        self.driver, self.case, self.prefix, self.x_bound = driver, case, prefix, x_bound
+        self.lines: list[str] = []
+        self.imports: set[str] = set()
+        self.bound: set[str] = {"model"}
+        self.adapted: set[str] = set()
+        self.directories: dict[str, str] = {}
+        self.current = "model"
+
+    def name(self, value: Any) -> str:
+        """A model argument as a variable of the snippet (a base model is built where first used)."""
+        if not isinstance(value, Ref):
+            return repr(value)
+        if value.var not in self.bound and value.code is not None:
+            self.lines += value.code.split("\n")
+        self.bound.add(value.var)
+        return value.var
+
+    def config(self, tuner: str, value: Any) -> str:
+        """A config argument: the variable a rendered call bound, else its constructor call."""
+        if isinstance(value, Ref):
+            if value.var in self.bound or value.value is None:
+                return value.var
+            self.lines.append(f"{value.var} = {self.driver.config_object_code(tuner, value.value, self.prefix)}")
+            self.bound.add(value.var)
+            return value.var
+        return self.driver.config_object_code(tuner, value, self.prefix)
+
+    def path(self, directory: Any) -> str:
+        """A directory of the example as an expression over temporary directories of the snippet."""
+        directory = str(directory)
+        for known, var in self.directories.items():
+            if directory == known:
+                return var
+            if directory.startswith(known.rstrip("/") + "/"):
+                return f"os.path.join({var}, {directory[len(known.rstrip('/')) + 1 :]!r})"
+        var = f"directory_{len(self.directories) + 1}"
+        self.imports.add("import os, tempfile")
+        self.lines.append(f"{var} = tempfile.mkdtemp()")
+        self.directories[directory] = var
+        return var
+
+    def final_check(self, *, disabled: bool) -> None:
+        """The forward on `x` (inside `disable_adapter()` when that was the last call), then the observed element
+        next to the required one (the oracle's, or the implementation's own other output); `REPRODUCED: …` when they
+        differ beyond the bound and the observed element is the one the suite saw."""
+        case, model, d = self.case, self.current, self.case.discrepancy
+        target = d.target if d is not None else None
+        forward = self.x_bound and target in ("output", None)
+        if forward:
+            context = f"torch.no_grad(), {model}.disable_adapter()" if disabled else "torch.no_grad()"
+            self.lines += [f"with {context}:", f"    y = {model}.eval()(x)"]
+        if d is None or target is None or (target == "output" and not forward):
+            if forward:
+                self.lines.append("print(y)")
+            results = (("expected", case.expected), ("observed", case.observed))
+            self.lines += [f"# {label}: {value}" for label, value in results if value is not None]
+            return
+        if target == "output":
+            self.lines.append(f"observed = float(y[{d.where!r}])")
+        else:
+            module = f"{model}.base_model.model" if model in self.adapted else model
+            self.lines += [
+                f"module = {module}.get_submodule({d.key!r})",
+                "base = getattr(module, 'base_layer', module)",
+            ]
+            if target == "weight":
+                self.lines.append("tensor = base.weight.T if isinstance(base, transformers.pytorch_utils.Conv1D) "
+                                  "else base.weight")  # fmt: skip
+            else:
+                self.lines.append("tensor = base.bias")
+            self.lines.append(f"observed = float(tensor[{d.where!r}])")
+        self.imports.add("import math")
+        self.lines += [
+            f"expected = {float_code(d.expected)}  # what the clause requires there (float64)",
+            f"allowed = {float_code(d.bound)}  # the |difference| §8's tolerance allows there",
+            f"seen = {float_code(d.observed)}  # what the conformance suite observed",
+            f"what = {f'{d.what} at {d.where!r}'!r}",
+            "print(f'{what}: observed {observed!r}, expected {expected!r}, allowed |difference| {allowed:.3g}')",
+            "differs = not abs(observed - expected) <= allowed",
+            "same = observed == seen or (math.isnan(observed) and math.isnan(seen)) or "
+            "abs(observed - seen) <= 0.01 * abs(seen - expected)",
+            "if differs and same:",
+            f"    print(f'{REPRODUCED} {{what}} = {{observed!r}}, but should be {{expected!r}} "
+            "(|difference| {abs(observed - expected):.3g} > {allowed:.3g})')",
+            "else:",
+            "    print('NOT REPRODUCED: the snippet does not show the failure the suite saw')",
+        ]
+
+
+def _model_after(call: Call, current: str) -> str:
+    """The model a later forward goes through: the one a call returned, else the one it acted on."""
+    if call.result is not None and call.method in ("adapt", "load", "merge_and_unload", "unload"):
+        return call.result.var
+    model = call.arguments.get("model")
+    return model.var if isinstance(model, Ref) else current
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line for line in lines]
+
+
+def _arguments_repr(arguments: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v.var if isinstance(v, Ref) else v!r}" for k, v in arguments.items())
+
+
+def float_code(value: float) -> str:
+    """A Python literal for a float (exact: `repr` round-trips), `float('nan')` / `float('inf')` where needed."""
+    value = float(value)
+    if value != value:
+        return "float('nan')"
+    if value in (float("inf"), float("-inf")):
+        return "float('inf')" if value > 0 else "-float('inf')"
+    return repr(value)
+
+
+def tensor_code(tensor: torch.Tensor) -> str:
+    """Source for a tensor with exactly these values, dtype and shape."""
+    tensor = tensor.detach().cpu()
+    dtype = str(tensor.dtype)
+    if tensor.numel() == 0:
+        return f"torch.zeros({tuple(tensor.shape)!r}, dtype={dtype})"
+    values = tensor.tolist() if not tensor.dtype.is_floating_point else tensor.double().tolist()
+    return f"torch.tensor({_nested_code(values)}, dtype={dtype})"
+
+
+def _nested_code(values: Any) -> str:
+    if isinstance(values, list):
+        return "[" + ", ".join(_nested_code(v) for v in values) + "]"
+    return float_code(values) if isinstance(values, float) else repr(values)

@@ -1,0 +1,229 @@
+"""Repros that reproduce: the recording proxy is a pure pass-through, a failing example's calls are exactly its own,
+and a `fail` row's repro, run alone in a clean interpreter, prints the discrepancy (`repro_verified`)."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import warnings
+from contextlib import nullcontext, redirect_stdout
+from typing import Any
+
+import pytest
+import torch
+from mutant_drivers import LoHaScaleBugDriver
+
+from conformance import plugin
+from conformance.check import check, shows_failure
+from conformance.drivers.base import REPRODUCED, Call, Case, Discrepancy, Ref
+from conformance.drivers.reference import ReferenceDriver
+from conformance.harness import Holder
+from conformance.recording import RecordingDriver, unwrap
+from conformance.report import Row
+from conformance.spec.layer import Layer
+from conformance.strategies import build_base, random_tensor
+
+LOHA = {"r": 2, "alpha": 3.0, "target_modules": ["layer"]}
+
+
+class Odd(Exception):
+    """An exception only the stub raises."""
+
+
+class StubDriver(ReferenceDriver):
+    """A driver whose operations raise, warn, or return odd values, to show the proxy passes each through."""
+
+    name = "stub"
+    marker = "stub attribute"
+    context = nullcontext("entered")
+
+    def adapt(self, model, tuner, config, adapter="default", *, autocast_adapter_dtype=True):
+        raise Odd("adapt refused")
+
+    def merge(self, model, adapters=None, safe=False):
+        warnings.warn("merging warns", UserWarning, stacklevel=2)
+        return "merge returned a value"
+
+    def get_params(self, model, key, adapter):
+        return NotImplemented
+
+    def set_params(self, model, key, adapter, params):
+        self.received = params
+        params["w"].add_(1.0)  # the driver may do anything with what it is given
+
+    def disabled(self, model):
+        return self.context
+
+    def unload(self, model):
+        raise KeyboardInterrupt  # not even a BaseException that is no Exception is touched
+
+    def _private(self) -> str:
+        return "private"
+
+
+def test_proxy_is_transparent():
+    stub = StubDriver()
+    proxy = RecordingDriver(stub)
+    assert isinstance(proxy, StubDriver) and isinstance(proxy, ReferenceDriver) and unwrap(proxy) is stub
+    assert proxy.name == "stub" and proxy.marker == "stub attribute" and proxy.api_map is stub.api_map
+    assert proxy._private() == "private" and proxy.capabilities() == stub.capabilities()
+    proxy.extra = 3  # attribute writes go to the driver
+    assert stub.extra == 3
+
+    with pytest.raises(Odd, match="adapt refused") as raised:
+        proxy.adapt(torch.nn.Linear(2, 2), "loha", {"r": 1})
+    assert raised.value.__traceback__ is not None
+    with pytest.warns(UserWarning, match="merging warns"):
+        assert proxy.merge("model", adapters=["a"]) == "merge returned a value"
+    assert proxy.get_params("model", "layer", "default") is NotImplemented
+    assert proxy.disabled("model") is stub.context
+    with pytest.raises(KeyboardInterrupt):
+        proxy.unload("model")
+
+    params = {"w": torch.zeros(2)}
+    proxy.set_params("model", "layer", "default", params)
+    assert stub.received is params and torch.equal(params["w"], torch.ones(2))  # the very object, changed by the driver
+    log = {record.method: record for record in proxy.calls}
+    assert [record.method for record in proxy.calls][:2] == ["capabilities", "adapt"]
+    assert not log["adapt"].returned and log["adapt"].base_state is not None  # raised; base tensors copied before
+    assert log["merge"].arguments == {"model": "model", "adapters": ["a"], "safe": False}
+    assert log["merge"].returned and log["merge"].result == "merge returned a value"
+    assert torch.equal(log["set_params"].arguments["params"]["w"], torch.zeros(2))  # recorded by value, before the call
+    assert not log["unload"].returned
+    proxy.restart()
+    assert proxy.calls == []
+
+
+def test_log_is_the_failing_example():
+    """`_per_example` restarts the log for each example and keeps the calls of the one that raised."""
+    proxy = RecordingDriver(ReferenceDriver())
+
+    def inner(row, driver, data):
+        driver.make_config("loha", {"r": data})
+        if data == 3:
+            raise AssertionError("example 3 fails")
+
+    example = plugin._per_example(inner)
+    plugin._EXAMPLE_CALLS.clear()
+    for data in (1, 2):
+        example(row=None, driver=proxy, data=data)
+    with pytest.raises(AssertionError) as raised:
+        example(row=None, driver=proxy, data=3)
+    _, calls = plugin._EXAMPLE_CALLS[id(raised.value)]
+    assert [(c.method, c.arguments["config"]) for c in calls] == [("make_config", {"r": 3})]
+    example(row=None, driver=proxy, data=4)  # a later passing example starts a new log
+    assert [c.arguments["config"] for c in proxy.calls] == [{"r": 4}]
+
+
+def test_set_params_renders_as_library_assignment():
+    tensor = torch.tensor([[1.5, -0.25]], dtype=torch.float64)
+    case = Case(
+        tuner="loha", clause="CORE-FWD-1", configs={}, model_code="import torch",
+        calls=[Call("set_params", {"model": Ref("model"), "key": "layer", "adapter": "default",
+                                   "params": {"hada_w1_a": tensor}})],
+    )  # fmt: skip
+    snippet = ReferenceDriver().repro(case)
+    line = "model.base_model.model.get_submodule('layer').hada_w1_a['default'].data.copy_("
+    assert line + "torch.tensor([[1.5, -0.25]], dtype=torch.float64))" in snippet
+
+
+class RenderedLoHaScaleBugDriver(LoHaScaleBugDriver):
+    """The mutant, with its bug written into its repros (a driver that does more than translate must render it)."""
+
+    def render_call(self, call: Call, snippet: Any) -> list[str]:
+        lines = super().render_call(call, snippet)
+        if call.method == "adapt" and call.result is not None:
+            model = call.result.var
+            lines += [
+                f"for _, layer in {model}.base_model.model.named_modules():",
+                "    if isinstance(layer, rt.TunerLayer):",
+                "        for name, settings in layer.settings.items():",
+                "            layer.scaling[name] *= settings.r",
+            ]
+        return lines
+
+
+def _first_fail(driver: str, verify: bool) -> Row:
+    report = check(driver, tuners=["loha"], families=["forward"], isolate=False, stop_on_first_fail=True, verify=verify)
+    failed = [row for row in report.results if row.status == "fail"]
+    assert failed and failed[0].repro, report.results
+    return failed[0]
+
+
+def _run(snippet: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_a_fail_row_repro_reproduces():
+    row = _first_fail("test_repro:RenderedLoHaScaleBugDriver", verify=True)
+    assert row.repro_verified
+    assert row.repro.count("get_peft_model(") == 1  # one example's calls: a single adaptation
+    imported = {m for line in row.repro.splitlines() for m in re.findall(r"^\s*(?:import|from) (\w+)", line)}
+    assert imported <= {"torch", "transformers", "reference_tuners", "math"}, imported  # never tunerspec
+    done = _run(row.repro)
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith(REPRODUCED) for line in done.stdout.splitlines()), done.stdout
+
+
+def test_a_repro_that_misses_the_bug_is_not_verified():
+    """The plain mutant's bug lives in its driver, not in the library: the snippet cannot show it, and says so."""
+    row = _first_fail("mutant_drivers:LoHaScaleBugDriver", verify=False)
+    done = _run(row.repro)
+    assert "NOT REPRODUCED" in done.stdout and REPRODUCED not in done.stdout.replace("NOT REPRODUCED", "")
+    assert not shows_failure(row, done)
+
+
+def test_passing_rows_have_no_repro():
+    report = check("reference", tuners=["loha"], families=["multi"], isolate=False, verify=False)
+    assert report.results and all(r.status == "pass" and r.repro is None for r in report.results)
+
+
+def _replayed(recorder: RecordingDriver, model: torch.nn.Module, x: torch.Tensor, seed: int) -> str:
+    """Render the recorded calls as `plugin._repro` does, with a made-up discrepancy on the output's first element
+    (expected = observed + 1e-6: the "same failure" check allows 1e-8), run the snippet in-process and return what
+    it printed."""
+    y = model(x).detach()
+    context = plugin.Context("CORE-FWD-1", "loha", "reference", shapes={"x": tuple(x.shape)}, seed=seed)
+    calls, primary = plugin._case_calls(recorder.calls, (seed,))
+    first = (0,) * y.dim()
+    discrepancy = Discrepancy("output", first, y[first].item() + 1e-6, y[first].item(), 1e-9, "output")
+    case = Case("loha", "CORE-FWD-1", {}, plugin._model_code(primary, context, (seed,)), [tuple(x.shape)], seed, calls,
+                discrepancy=discrepancy)  # fmt: skip
+    snippet = ReferenceDriver().repro(case)
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        exec(compile(snippet, "<repro>", "exec"), {})
+    return printed.getvalue()
+
+
+def test_lifecycle_and_files_calls_replay(tmp_path):
+    """Two adapters, new values, an active list, a save and a load into a fresh base: the snippet rebuilds the loaded
+    model's output exactly."""
+    recorder, seed = RecordingDriver(ReferenceDriver()), 11
+    layer = Layer("linear", 4, 3)
+    model = recorder.adapt(Holder(build_base(layer, "float64", seed)), "loha", recorder.make_config("loha", LOHA))
+    recorder.add_adapter(model, "loha", "zeta", recorder.make_config("loha", {**LOHA, "r": 1}))
+    for name in ("default", "zeta"):
+        shapes = {k: v.shape for k, v in recorder.get_params(model, "layer", name).items()}
+        recorder.set_params(model, "layer", name, {k: torch.rand(s, dtype=torch.float64) for k, s in shapes.items()})
+    recorder.set_active(model, ["zeta", "default"])
+    recorder.save(model, str(tmp_path))
+    loaded = recorder.load(Holder(build_base(layer, "float64", seed)), str(tmp_path / "zeta"), adapter="zeta")
+    x = random_tensor((2, 4), "float64", seed + 1)
+    assert REPRODUCED in _replayed(recorder, loaded.eval(), x, seed)
+
+
+def test_merge_and_disable_replay():
+    """A merge, then a forward inside `disable_adapter()` (the last call): the snippet's forward is inside it too."""
+    recorder, seed = RecordingDriver(ReferenceDriver()), 3
+    layer = Layer("conv2d", 2, 4, (3, 3), (1, 1), (1, 1), (1, 1), 2, "zeros")
+    model = recorder.adapt(Holder(build_base(layer, "float32", seed)), "loha", recorder.make_config("loha", LOHA))
+    shapes = {k: v.shape for k, v in recorder.get_params(model, "layer", "default").items()}
+    recorder.set_params(model, "layer", "default", {k: torch.rand(s) for k, s in shapes.items()})
+    recorder.merge(model)
+    x = random_tensor((1, 2, 5, 5), "float32", seed + 1)
+    with recorder.disabled(model):
+        printed = _replayed(recorder, model.eval(), x, seed)
+    assert REPRODUCED in printed
