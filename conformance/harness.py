@@ -61,6 +61,11 @@ class AdaptedLayer:
         return random_tensor(shape, self.row.dtype, self.seed + 1)
 
 
+def adapt_module(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:
+    """Inject one adapter ("default") into a `Holder` of `module` (key `layer`), initialised by the implementation."""
+    return driver.adapt(Holder(module), tuner, driver.make_config(tuner, {**config, "target_modules": [KEY]}))
+
+
 def require_base_runs(module: nn.Module, layer: Layer, dtype: str) -> None:
     """Skip rows whose base layer itself cannot run in `dtype` on this device (not the implementation's fault)."""
     spatial = [d * (k - 1) + 3 for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]

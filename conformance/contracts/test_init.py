@@ -21,7 +21,7 @@ from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
 from conformance.harness import (
     KEY,
-    Holder,
+    adapt_module,
     claims_of,
     clause_variants,
     optional_geometry_ok,
@@ -104,10 +104,6 @@ ID_RULES: dict[str, InitRule] = {
 # ---- shared steps (the same as test_structure's; proposed for conformance/harness.py) ----------------------------
 
 
-def adapt(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:
-    return driver.adapt(Holder(module), tuner, driver.make_config(tuner, {**config, "target_modules": [KEY]}))
-
-
 @dataclass
 class Fresh:
     """A freshly adapted layer; `warnings` holds the messages of the UserWarnings config and injection emitted."""
@@ -146,7 +142,7 @@ def adapt_fresh(
     with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=[]):
         warnings.simplefilter("always")
         seed_torch(seed)  # reproducible examples: hypothesis replays a failing one
-        model = adapt(driver, row.tuner, copy.deepcopy(base), config)
+        model = adapt_module(driver, row.tuner, copy.deepcopy(base), config)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     resolved = record.resolve(config, KEY)
     return Fresh(layer, variant, config, resolved, dtype, seed, base, model.eval(), context, messages)
@@ -200,7 +196,7 @@ def test_same_rng_state_same_params(row, driver):
             with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 seed_torch(rng_seed)
-                model = adapt(driver, row.tuner, copy.deepcopy(fresh.base), fresh.config)
+                model = adapt_module(driver, row.tuner, copy.deepcopy(fresh.base), fresh.config)
             draws.append(driver.get_params(model, KEY, "default"))
         first, again, other = draws
         assert_equal(fresh.context, "parameter names", sorted(again), sorted(first))
@@ -346,7 +342,7 @@ def gather(driver: Driver, row: RowSpec, layer: Layer, config: dict, dtype: str,
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seed_torch(seed + k)
-            params = driver.get_params(adapt(driver, row.tuner, base, config), KEY, "default")
+            params = driver.get_params(adapt_module(driver, row.tuner, base, config), KEY, "default")
         for name in names:
             check_values(context, name, params[name], dists[name])
             units[name].append(sample_units(params[name], dists[name]))

@@ -22,6 +22,7 @@ from conformance.drivers.base import Driver, TunerCapabilities
 from conformance.harness import (
     KEY,
     Holder,
+    adapt_module,
     claims_of,
     clause_variants,
     needs_capability,
@@ -77,11 +78,6 @@ def kind_variant(data: st.DataObject, row: RowSpec, record: TunerRecord, claims:
     return variant, kind
 
 
-def adapt(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:
-    """Inject one adapter ("default") into a holder of `module` under the key `layer`."""
-    return driver.adapt(Holder(module), tuner, driver.make_config(tuner, {**config, "target_modules": [KEY]}))
-
-
 @dataclass
 class Fresh:
     """A freshly adapted layer (parameters as the implementation initialised them)."""
@@ -117,7 +113,7 @@ def adapt_fresh(
     context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, dtype, seed)
     with torch.random.fork_rng(devices=[]):
         seed_torch(seed)  # reproducible examples: hypothesis replays a failing one
-        model = adapt(driver, row.tuner, copy.deepcopy(base), config)
+        model = adapt_module(driver, row.tuner, copy.deepcopy(base), config)
     return Fresh(layer, variant, config, record.resolve(config, KEY), seed, base, model.eval(), context)
 
 
@@ -249,7 +245,7 @@ def check_supported(driver, row, record, claims, data, layer: Layer, variant: Va
     context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, "float64", seed)
     context.shapes["layer"] = (layer.kind, layer.groups, *layer.kernel_size)
     try:
-        model = adapt(driver, row.tuner, copy.deepcopy(base), config).eval()
+        model = adapt_module(driver, row.tuner, copy.deepcopy(base), config).eval()
     except (TypeError, ValueError, NotImplementedError) as exc:  # a rejection (CORE-INJ-2's errors) is the violation
         clause_fail(
             context, f"injection into a {layer.kind} layer raised {type(exc).__name__}({exc}), but should adapt it"
@@ -303,7 +299,7 @@ def check_orientation(driver, row, record, claims, data) -> None:
         context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, "float64", seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = adapt(driver, row.tuner, copy.deepcopy(base), config).eval()
+            model = adapt_module(driver, row.tuner, copy.deepcopy(base), config).eval()
         assert_warned(
             context, caught, ("fan_in_fan_out",), f"a {kind} layer with fan_in_fan_out={config['fan_in_fan_out']}"
         )
@@ -401,7 +397,7 @@ def check_param_shapes(row: RowSpec, driver: Driver, *, zeros: bool = False) -> 
         cases = [(fresh.layer, fresh.model)]
         if fresh.layer.is_conv:
             twin = unit_kernel(fresh.layer)
-            cases.append((twin, adapt(driver, row.tuner, build_base(twin, "float64", fresh.seed), fresh.config)))
+            cases.append((twin, adapt_module(driver, row.tuner, build_base(twin, "float64", fresh.seed), fresh.config)))
         for layer, model in cases:
             fresh.context.shapes["weight"] = layer.weight_shape
             params = driver.get_params(model, KEY, "default")
@@ -525,7 +521,7 @@ def check_optional_kind(driver: Driver, row: RowSpec, data: st.DataObject, layer
     context = Context(row.clause, row.tuner, driver.name, config, {"weight": layer.weight_shape}, "float64", seed)
     context.shapes["layer"] = (layer.kind, layer.groups, *layer.kernel_size)
     try:
-        model = adapt(driver, row.tuner, copy.deepcopy(base), config).eval()
+        model = adapt_module(driver, row.tuner, copy.deepcopy(base), config).eval()
     except (TypeError, ValueError, NotImplementedError) as exc:
         clause_fail(
             context, f"injection into the declared optional kind {layer.kind} raised {type(exc).__name__}({exc})"
