@@ -3,25 +3,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 import torch
 
 from ._version import __version__
 from .drivers.base import REPRODUCED, TUNERS, Driver
+from .expectations import apply_expectations, load_expectations
 from .plugin import BUILTIN_DRIVERS, load_driver
 from .report import Report, Row, strip_numbers
+from .runs import DEFAULT_TIMEOUT_S, Progress, run_in_process, run_isolated
 from .spec.clauses import spec_sha256
 from .spec.families import FAMILIES
 
@@ -47,10 +49,19 @@ def check(
     isolate: bool = True,
     command: str | None = None,
     verify: bool = True,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    expectations: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Run the contract families (all, or `families`) for `tuners` (all the driver claims, or these) and
-    return the report. `isolate=True` runs pytest in a child process; `False` runs it in this one. `verify`: run
-    the repros of the `fail` / `error` rows in clean subprocesses and set `repro_verified` (`verify_repros`)."""
+    return the report. `isolate=True` runs each tuner in child processes (`conformance.runs`: a crash or a test
+    running past `timeout` seconds becomes that row's `error`, the rest still run), `jobs` tuners at a time (default:
+    one per CPU core); `False` runs them in this process. `verify`: run the repros of the `fail` / `error` rows in
+    clean subprocesses and set `repro_verified` (`verify_repros`). `progress` receives one-line progress messages
+    (default: printed to stderr). `expectations`: a TOML file of known deviations (`conformance.expectations`): the
+    rows they match become `xfail` / `xpass`, and each stale or unused entry is warned about (UserWarning)."""
+    expected = load_expectations(expectations) if expectations is not None else []
     spec = driver_spec(driver)
     instance = load_driver(spec)
     tuners = list(tuners or TUNERS)
@@ -58,22 +69,33 @@ def check(
     if unknown:
         raise ValueError(f"unknown tuner or family: {unknown}")
     files = sorted(str(p) for p in CONTRACTS.glob("test_*.py") if families is None or p.stem[5:] in families)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows_path = os.path.join(tmp, "rows.json")
-        args = [
-            *files, "-p", "no:cacheprovider", "-q", f"--impl={spec}", f"--hypothesis-profile=tunerspec-{profile}",
-            f"--tunerspec-seed={seed}", f"--tunerspec-rows={rows_path}", "-W", "ignore",
-            *[f"--tuner={t}" for t in tuners], *(["-x"] if stop_on_first_fail else []),
-        ]  # fmt: skip
-        if isolate:
-            subprocess.run([sys.executable, "-m", "pytest", *args], check=False, env=_child_env())
-        else:
-            pytest.main(args)
-        rows = json.loads(Path(rows_path).read_text()) if os.path.exists(rows_path) else []
+    args = [
+        *files, "-p", "no:cacheprovider", "-p", "no:timeout", "-q", f"--impl={spec}",
+        f"--hypothesis-profile=tunerspec-{profile}", f"--tunerspec-seed={seed}", "-W", "ignore",
+        *(["-x"] if stop_on_first_fail else []),
+    ]  # fmt: skip
+    if isolate:
+        report_progress = progress or _print_progress
+        rows = run_isolated(
+            args, tuners, timeout=timeout, jobs=jobs or os.cpu_count() or 1, env=_child_env(), progress=report_progress
+        )
+    else:
+        rows = run_in_process([*args, *[f"--tuner={t}" for t in tuners]])
     report = _report(instance, spec, profile, seed, tuners, rows, command)
     if verify:
         verify_repros(report.results)
+    for message in apply_expectations(report.results, expected):
+        warnings.warn(message, UserWarning, stacklevel=2)
     return report
+
+
+_PRINTING = threading.Lock()
+
+
+def _print_progress(message: str) -> None:
+    with _PRINTING:  # one line per message, whichever tuner's thread reports it
+        sys.stderr.write(f"tunerspec: {message}\n")
+        sys.stderr.flush()
 
 
 def _child_env() -> dict[str, str]:

@@ -54,8 +54,9 @@ class AdaptedLayer:
         params = {k: v.double() for k, v in driver.get_params(self.model, KEY, name).items()}
         return Adapter(self.record.resolve(self.config, KEY), params)
 
-    def input(self, data: st.DataObject) -> torch.Tensor:
-        shape = data.draw(input_shapes(self.layer), label="input_shape")
+    def input(self, data: st.DataObject, edge_cases: bool = False) -> torch.Tensor:
+        """An input drawn by `strategies.input_shapes` (ordinary, or with the edge cases)."""
+        shape = data.draw(input_shapes(self.layer, edge_cases), label="input_shape")
         self.context.shapes["x"] = shape
         coverage.note_input(shape, self.layer)
         return random_tensor(shape, self.row.dtype, self.seed + 1)

@@ -11,14 +11,19 @@
   SPEC requires an answer); `warn` for a violated `.should` row (a SHOULD part; the test passes); `skip` with
   the reason decided in `conformance.rows`;
 - gives each `fail` / `error` / `warn` row a repro: a `Case` built from the failure's `Context`, its `Discrepancy`
-  and the recorded calls, rendered by `driver.repro(case)`.
+  and the recorded calls, rendered by `driver.repro(case)`;
+- appends each row to the `--tunerspec-rows` row log as it is judged (`conformance.rowlog`), runs each row's test
+  under a watchdog (`--tunerspec-timeout`), and with `--tunerspec-resume` runs only the rows the log lacks.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import importlib
-import json
+import os
+import sys
+import threading
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +36,7 @@ import torch
 from hypothesis import HealthCheck, Phase, settings
 from torch import nn
 
+from . import rowlog
 from .assertions import ClauseFailure, Context
 from .drivers.base import READ_ONLY, Call, Case, Driver, Ref
 from .recording import CallRecord, RecordingDriver, input_code, module_code, unwrap
@@ -47,7 +53,9 @@ settings.register_profile("tunerspec-thorough", max_examples=200, **_COMMON)
 BUILTIN_DRIVERS = {
     "reference": "conformance.drivers.reference:ReferenceDriver",
     "peft": "conformance.drivers.peft:PeftDriver",
+    "lycoris": "conformance.drivers.lycoris:LycorisDriver",
 }
+HUNG_EXIT = 70  # the exit status of a process the watchdog stopped
 RESULTS = pytest.StashKey[list]()
 # the calls of the example that raised each exception of the current test (id → (exception, calls))
 _EXAMPLE_CALLS: dict[int, tuple[BaseException, list[CallRecord]]] = {}
@@ -69,9 +77,22 @@ def load_driver(spec: str) -> Driver:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tunerspec", "tunerspec conformance suite")
-    group.addoption("--impl", default="reference", help="implementation: built-in driver name or module:Class")
+    group.addoption(
+        "--impl", default=None, help="implementation: built-in driver name or module:Class (default: reference)"
+    )
     group.addoption("--tuner", action="append", default=None, help="check only this tuner (repeatable)")
-    group.addoption("--tunerspec-rows", default=None, help="write the result rows as JSON to this file")
+    group.addoption(
+        "--tunerspec-rows", default=None,
+        help="append each row to this row log (JSON lines, `conformance.rowlog`) as soon as it is judged",
+    )  # fmt: skip
+    group.addoption(
+        "--tunerspec-resume", action="store_true",
+        help="run only the rows the --tunerspec-rows log has no result for (after a crashed process)",
+    )  # fmt: skip
+    group.addoption(
+        "--tunerspec-timeout", type=float, default=None,
+        help="seconds a row's test may run; past it the row is logged as hung and the process exits",
+    )  # fmt: skip
     group.addoption(
         "--tunerspec-seed", type=int, default=None,
         help="seed every contract test's hypothesis run with this (same seed and profile: same rows)",
@@ -87,6 +108,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = []
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The run's identity at the top of pytest's output: implementation and version, torch, device, profile, seed
+    (for runs of the contracts: `--impl` given; other pytest sessions in the environment are left alone)."""
+    if config.getoption("--impl") is None:
+        return []
+    driver = unwrap(_driver(config))
+    profile = config.getoption("hypothesis_profile", None) or settings.get_current_profile_name()
+    seed = config.getoption("--tunerspec-seed")
+    seed_text = "hypothesis's own" if seed is None else str(seed)
+    return [
+        f"tunerspec: implementation {driver.name} {driver.version()} (--impl {config.getoption('--impl')}), "
+        f"torch {torch.__version__}, device cpu, profile {profile}, seed {seed_text}"
+    ]
+
+
 @pytest.fixture(scope="session")
 def driver(pytestconfig: pytest.Config) -> Driver:
     """The `--impl` driver behind a `RecordingDriver` (a pass-through that logs the calls of each example)."""
@@ -96,7 +132,7 @@ def driver(pytestconfig: pytest.Config) -> Driver:
 def _driver(config: pytest.Config) -> RecordingDriver:
     cached = getattr(config, "_tunerspec_driver", None)
     if cached is None:
-        cached = RecordingDriver(load_driver(config.getoption("--impl")))
+        cached = RecordingDriver(load_driver(config.getoption("--impl") or "reference"))
         config._tunerspec_driver = cached
     return cached
 
@@ -119,7 +155,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every contract test's examples restart the driver's call log (`_per_example`). `--tunerspec-seed`:
     hypothesis's own `seed` decorator on every contract test (it takes precedence over the profile's `derandomize`,
-    which otherwise fixes the examples per test function)."""
+    which otherwise fixes the examples per test function). `--tunerspec-resume`: the rows the log already holds are
+    deselected."""
+    log = config.getoption("--tunerspec-rows")
+    if log and config.getoption("--tunerspec-resume"):
+        done = rowlog.read(log).done
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid in done])
+        items[:] = [item for item in items if item.nodeid not in done]
     value = config.getoption("--tunerspec-seed")
     for function in {id(item.obj): item.obj for item in items if _row(item) is not None}.values():
         if not getattr(function, "is_hypothesis_test", False):  # a test running @given inside keeps derandomize
@@ -151,6 +193,34 @@ def _per_example(inner: Callable[..., Any]) -> Callable[..., Any]:
 
     example._tunerspec_per_example = True  # type: ignore[attr-defined]
     return example
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A row's test is logged as started (`rowlog`), and runs under the watchdog when `--tunerspec-timeout` is set."""
+    row, log = _row(item), item.config.getoption("--tunerspec-rows")
+    if row is None or not log:
+        yield
+        return
+    rowlog.append(log, rowlog.START, item.nodeid, row=_row_fields(row))
+    seconds = item.config.getoption("--tunerspec-timeout")
+    watchdog = threading.Timer(seconds, _hung, (log, item.nodeid, seconds)) if seconds else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        yield
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _hung(log: str, nodeid: str, seconds: float) -> None:
+    """The watchdog fired: log the row as hung, dump every thread's stack to stderr, end the process at once
+    (the parent records the row as `error` and runs the remaining rows in a fresh process)."""
+    rowlog.append(log, rowlog.HUNG, nodeid, seconds=seconds)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os._exit(HUNG_EXIT)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -186,7 +256,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if status == "fail" and row.clause.endswith(SHOULD):
         status = "warn"  # a SHOULD part not met: reported, not a test failure
         report.outcome, report.longrepr = "passed", None
-    item.config.stash[RESULTS].append({**_row_fields(row), "status": status, "detail": detail, "repro": repro})
+    result = {**_row_fields(row), "status": status, "detail": detail, "repro": repro}
+    item.config.stash[RESULTS].append(result)
+    item.user_properties += [("tunerspec_clause", row.clause), ("tunerspec_status", status)]  # for --junitxml
+    log = item.config.getoption("--tunerspec-rows")
+    if log:
+        rowlog.append(log, rowlog.DONE, item.nodeid, row=result)
 
 
 def _row(item: pytest.Item) -> RowSpec | None:
@@ -204,13 +279,19 @@ def _row_fields(row: RowSpec) -> dict:
 
 def _status(report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str]:
     if report.skipped:
-        return "skip", _one_line(str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped")
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped"
+        return "skip", _one_line(reason.removeprefix("Skipped: "))  # the reason as `rows` (or the test) gave it
     if report.passed:
         return "pass", "held on every drawn case"
     exc = call.excinfo.value if call.excinfo is not None else None
     if report.when == "call" and _is_violation(exc):
         return "fail", _one_line(str(exc))
-    return "error", _one_line(f"{type(exc).__name__}: {exc}" if exc is not None else str(report.longrepr))
+    if exc is None:
+        return "error", _one_line(str(report.longrepr))
+    first = _error_of(exc)  # hypothesis groups distinct failures: the first names the row
+    others = len(exc.exceptions) - 1 if isinstance(exc, BaseExceptionGroup) else 0
+    more = f" (and {others} other distinct failure{'s' if others > 1 else ''})" if others else ""
+    return "error", _one_line(f"{type(first).__name__}: {first}{more}")
 
 
 def _is_violation(exc: BaseException | None) -> bool:
@@ -387,13 +468,6 @@ def _model_code(
 def _one_line(text: str, limit: int = 400) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    path = session.config.getoption("--tunerspec-rows")
-    if path:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(session.config.stash.get(RESULTS, []), fh)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

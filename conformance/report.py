@@ -319,22 +319,31 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def load_notes(notes_dir: str | os.PathLike[str], name: str) -> dict[str, str]:
-    """The hand-written explanations of `<notes_dir>/<name>.toml`: a table keyed by clause ID (or
-    `<ID>.should`), each value one line of text. A missing file gives {}."""
+    """The hand-written explanations of `<notes_dir>/<name>.toml`: one line of text per clause ID (or
+    `<ID>.should`), at the top level for every tuner, or in a table named after a tuner (`[loha]`) where the cause
+    is that tuner's; a tuner's entry is keyed `<tuner>:<ID>` here. A missing file gives {}."""
     path = Path(notes_dir) / f"{name}.toml"
     if not path.is_file():
         return {}
     with path.open("rb") as f:
         table = tomllib.load(f)
+    entries = [(None, k, v) for k, v in table.items() if k not in TUNERS]
+    for tuner in TUNERS:
+        entries += [(tuner, k, v) for k, v in table.get(tuner, {}).items()]
     known = clauses()
     notes = {}
-    for clause, text in table.items():
+    for tuner, clause, text in entries:
         if clause.removesuffix(SHOULD_SUFFIX) not in known:
             raise ValueError(f"{path}: {clause!r} is not a clause ID of SPEC.md")
         if not isinstance(text, str):
             raise ValueError(f"{path}: the note for {clause} must be a string, got {text!r}")
-        notes[clause] = " ".join(text.split())
+        notes[clause if tuner is None else f"{tuner}:{clause}"] = " ".join(text.split())
     return notes
+
+
+def note_for(row: Row, notes: Mapping[str, str]) -> str | None:
+    """The note explaining a row: its tuner's entry for the clause, else the clause's entry for every tuner."""
+    return notes.get(f"{row.tuner}:{row.clause}") or notes.get(row.clause)
 
 
 def _notes_for(report: Report, stem: str, notes_dir: Path) -> dict[str, str]:
@@ -361,14 +370,21 @@ def write_report(
     return json_path, md_path
 
 
+MATRIX_MD = "README.md"  # the cross-implementation matrix over the reports of a directory
+MUTATION_JSON = "mutation.json"  # the mutant matrix (`python -m conformance.mutants`), not a conformance report
+
+
 def regenerate(report_dir: str | os.PathLike[str], notes_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Re-render the `.md` of every conformance report `<name>*.json` in `report_dir` (not its
     subdirectories) from the JSON and the notes (default `<report_dir>/notes`); a file is rewritten only
     when its text changes. Returns the `.md` paths in name order."""
     report_dir = Path(report_dir)
     notes_dir = report_dir / "notes" if notes_dir is None else Path(notes_dir)
-    out = []
+    out, canonical = [], []
     for json_path in sorted(report_dir.glob("*.json")):
+        if json_path.name == MUTATION_JSON:
+            out.append(_regenerate_mutation(json_path))
+            continue
         try:
             report = Report.from_dict(json.loads(json_path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as e:
@@ -381,9 +397,32 @@ def regenerate(report_dir: str | os.PathLike[str], notes_dir: str | os.PathLike[
         if not md_path.is_file() or md_path.read_text(encoding="utf-8") != text:
             _write_atomic(md_path, text)
         out.append(md_path)
-    # Not rendered yet (later issues): the cross-implementation matrix over the reports above, and
-    # `mutation.md` from `mutation.json` — until then such a JSON file here is rejected above, not skipped.
+        if json_path.stem == report.driver:  # the cpu, ci-profile run of each implementation
+            canonical.append(report)
+    if canonical:
+        out.append(_regenerate_matrix(report_dir / MATRIX_MD, canonical))
     return out
+
+
+def _regenerate_matrix(md_path: Path, reports: list[Report]) -> Path:
+    """The cross-implementation matrix (`conformance.matrix`) over each implementation's cpu, ci-profile report."""
+    from .matrix import render_matrix
+
+    text = render_matrix(reports)
+    if not md_path.is_file() or md_path.read_text(encoding="utf-8") != text:
+        _write_atomic(md_path, text)
+    return md_path
+
+
+def _regenerate_mutation(json_path: Path) -> Path:
+    """`mutation.md` from the mutant matrix's `mutation.json` (`conformance.mutation.render_markdown`)."""
+    from .mutation import render_markdown as render_mutation
+
+    md_path = json_path.with_suffix(".md")
+    text = render_mutation(json.loads(json_path.read_text(encoding="utf-8")))
+    if not md_path.is_file() or md_path.read_text(encoding="utf-8") != text:
+        _write_atomic(md_path, text)
+    return md_path
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -392,7 +431,7 @@ def regenerate(report_dir: str | os.PathLike[str], notes_dir: str | os.PathLike[
 def root_cause(row: Row, notes: Mapping[str, str]) -> tuple[str, ...]:
     """What a finding is grouped by: the note explaining its clause (rows of several clauses that share one
     note text share a cause), or else the clause and the detail with its numbers stripped."""
-    note = notes.get(row.clause)
+    note = note_for(row, notes)
     if note:
         return ("note", note)
     return ("detail", row.clause, strip_numbers(row.detail))
@@ -506,7 +545,7 @@ def _findings(rows: Sequence[Row], notes: Mapping[str, str]) -> list[str]:
         statuses = Counter(r.status for r in group)
         tally = ", ".join(f"{statuses[s]} {s}" for s in STATUSES if statuses[s])
         lines += ["", f"### {', '.join(map(_clause_title, clause_ids))} — {tally}", ""]
-        note = notes.get(group[0].clause)
+        note = note_for(group[0], notes)
         if note:
             lines += [f"**Explanation:** {note}", ""]
         lines += _table(

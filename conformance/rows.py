@@ -81,21 +81,24 @@ def expand(
             continue
         base = RowSpec(tuner, clause, family, scope, peer=peer)
         claims = capabilities.tuners.get(tuner)
-        if claims is None:
-            yield replace(base, skip=f"tuner {tuner} not claimed by the implementation")
-            continue
-        if not claims.native:
-            yield replace(base, skip=f"not native: same code path as {STAND_IN.get(tuner, 'another tuner')}")
-            continue
-        if surface(family) not in claims.surfaces:
-            yield replace(base, skip=f"surface not offered: {surface(family)}")
-            continue
-        if capability is not None and capability not in claims.optional:
-            yield replace(base, skip=f"optional capability not declared: {capability}")
-            continue
+        skip = _skipped_tuner(tuner, claims, family, capability)
         for row in _over_axes(base, axes, record, dtypes, inits):
             if (kinds is None or row.layer_kind in kinds) and (variants is None or row.variant in variants):
-                yield _decide(row, record, claims)
+                yield replace(row, skip=skip) if skip else _decide(row, record, claims)
+
+
+def _skipped_tuner(tuner: str, claims, family: str, capability: str | None) -> str | None:
+    """Why every row of a clause is skipped for `tuner` (the rows keep their axes: a row's key is the same in
+    every implementation's report), or None."""
+    if claims is None:
+        return f"tuner {tuner} not claimed by the implementation"
+    if not claims.native:
+        return f"not native: same code path as {STAND_IN.get(tuner, 'another tuner')}"
+    if surface(family) not in claims.surfaces:
+        return f"surface not offered: {surface(family)}"
+    if capability is not None and capability not in claims.optional:
+        return f"optional capability not declared: {capability}"
+    return None
 
 
 def _over_axes(base: RowSpec, axes: tuple[str, ...], record: TunerRecord, dtypes, inits) -> Iterator[RowSpec]:
@@ -121,4 +124,6 @@ def _decide(row: RowSpec, record: TunerRecord, claims) -> RowSpec:
         return replace(row, unsupported=f"variant {row.variant}")
     if row.dtype is not None and row.dtype not in claims.dtypes:
         return replace(row, unsupported=f"dtype {row.dtype}")
+    if row.init == "random" and claims.config_fields is not None and record.init_field not in claims.config_fields:
+        return replace(row, unsupported=f"config field {record.init_field} (random initialisation)")
     return row

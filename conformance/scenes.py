@@ -54,7 +54,7 @@ def require_lifecycle(driver: Driver, row: RowSpec) -> None:
     """Rows that need a second named adapter (`add_adapter`, `set_active`) skip where the lifecycle surface is not
     offered (DESIGN "Surfaces")."""
     if not offers(driver, row.tuner, "lifecycle"):
-        pytest.skip("surface not offered: lifecycle (the check needs several named adapters)")
+        pytest.skip("needs several named adapters (the lifecycle surface is not offered)")
 
 
 def _supported_kind(record: TunerRecord, claims: Any, kind: str) -> bool:
@@ -158,8 +158,9 @@ class Scene:
     def merged(self, driver: Driver, key: str = KEY) -> list[str]:
         return list(driver.layer_state(self.model, key).merged_adapters)
 
-    def input(self, data: st.DataObject) -> torch.Tensor:
-        shape = data.draw(input_shapes(self.setup.layer), label="input_shape")
+    def input(self, data: st.DataObject, edge_cases: bool = False) -> torch.Tensor:
+        """An input drawn by `strategies.input_shapes` (ordinary, or with the edge cases)."""
+        shape = data.draw(input_shapes(self.setup.layer, edge_cases), label="input_shape")
         self.context.shapes["x"] = shape
         coverage.note_input(shape, self.setup.layer)
         return random_tensor(shape, self.setup.row.dtype, self.setup.seed + 1)

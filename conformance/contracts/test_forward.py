@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from conformance import coverage
 from conformance.assertions import Context, assert_close_to_oracle, assert_equal, assert_raises_clause, fail
 from conformance.drivers.base import Driver
 from conformance.harness import (
@@ -48,9 +49,10 @@ CONV_KINDS = ("conv1d", "conv2d", "conv3d")
 @given(data=st.data())
 def test_forward_equals_closed_form(row, driver, data):
     """CORE-FWD-1: enabled and unmerged, the output is op(x; W_eff, b_eff) of the oracle, evaluated on the
-    parameters read back through the driver."""
+    parameters read back through the driver — on every kind of input (1-D to 4-D and empty linear input, unbatched
+    and batch-0 convolution input; the other clauses draw ordinary inputs)."""
     adapted = adapt_layer(driver, row, RECORDS[row.tuner], data)
-    x = adapted.input(data)
+    x = adapted.input(data, edge_cases=True)
     with torch.no_grad():
         y = adapted.model(x)
     weight, bias = adapted.base_tensors(driver)
@@ -263,6 +265,7 @@ def test_any_leading_dimensions(row, driver, data):
     n_in, n_out = adapted.layer.in_features, adapted.layer.out_features
     for lead in [(), (0,), (2, 3), (1, 2, 0, 3), _leading(data)]:  # pinned: 1-D, batch 0, 3-D, 5-D; then drawn
         x = random_tensor((*lead, n_in), row.dtype, adapted.seed + 1)
+        coverage.note_input(tuple(x.shape), adapted.layer)
         y = _accepted(adapted.context, adapted.model, x, "an input")
         assert_equal(adapted.context, f"output shape for input shape {tuple(x.shape)}", tuple(y.shape), (*lead, n_out))
 
@@ -296,12 +299,13 @@ def test_conv_output_shape(row, driver, data):
     layer's output shape."""
     row = _fill(row, driver, data, kinds=CONV_KINDS)
     adapted = _adapt(driver, row, data)
-    shape = data.draw(input_shapes(adapted.layer), label="input_shape")
+    shape = data.draw(input_shapes(adapted.layer, edge_cases=True), label="input_shape")
     spatial = shape[-len(adapted.layer.kernel_size) :]
     base = _base(driver, adapted.model)
     adapted.context.shapes["layer"] = (adapted.layer.groups, *adapted.layer.kernel_size)
     for lead in [(), (0,), data.draw(st.sampled_from([(1,), (2,)]), label="batch")]:
         x = random_tensor((*lead, adapted.layer.in_features, *spatial), row.dtype, adapted.seed + 1)
+        coverage.note_input(tuple(x.shape), adapted.layer)
         try:
             expected = _forward(base, x).shape
         except RuntimeError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import pickle
 import string
@@ -141,13 +140,9 @@ def perturb(driver: Driver, model: nn.Module, setup: Setup, name: str, generator
 
 
 def batched_input(scene: Scene, data: st.DataObject) -> torch.Tensor:
-    """A non-empty batched input (`(batch, …, in)`, or a batched convolution input) drawn like `Scene.input`: these
-    families read outputs only as evidence of which adapters act, so empty batches (vacuous comparisons) and input-rank
-    handling (CORE-FWD-2/4, the forward family's) stay out of their rows."""
-    layer = scene.setup.layer
-    rank = len(layer.kernel_size) + 2 if layer.is_conv else 2
-    shapes = input_shapes(layer).filter(lambda s: len(s) >= rank and math.prod(s) > 0)
-    shape = data.draw(shapes, label="input_shape")
+    """An ordinary input (non-empty, batched: `strategies.input_shapes`) drawn like `Scene.input`: these families
+    read outputs only as evidence of which adapters act."""
+    shape = data.draw(input_shapes(scene.setup.layer), label="input_shape")
     scene.context.shapes["x"] = shape
     return random_tensor(shape, scene.setup.row.dtype, scene.setup.seed + 1)
 

@@ -229,7 +229,8 @@ class PeftLikeDriver:
         return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "peft_type"}
 
     def config_from_dict(self, tuner: str, d: dict) -> object:
-        return self.config_classes[tuner].from_dict(dict(d))
+        """The library's own path from saved JSON fields to a config (what `from_pretrained` uses)."""
+        return self.config_classes[tuner].from_peft_type(**dict(d))
 
     def _config(self, tuner: str, config: object) -> object:
         return self.make_config(tuner, config) if isinstance(config, dict) else config
@@ -297,8 +298,9 @@ class PeftLikeDriver:
                 container = getattr(layer, container_name, None)
                 if container is None or adapter not in container:
                     continue
-                value = container[adapter]
-                found[canonical] = getattr(value, attribute) if attribute else value
+                value = getattr(container[adapter], attribute, None) if attribute else container[adapter]
+                if isinstance(value, torch.Tensor):  # else a placeholder module (e.g. nn.Identity): absent
+                    found[canonical] = value
         return found
 
     def get_params(self, model: nn.Module, key: str, adapter: str) -> dict[str, torch.Tensor]:
@@ -359,6 +361,10 @@ class PeftLikeDriver:
 
     def load_adapter(self, model: nn.Module, directory: str, name: str, trainable: bool = False) -> None:
         model.load_adapter(directory, adapter_name=name, is_trainable=trainable)
+
+    def convert_checkpoint(self, src_dir: str, dst_dir: str, to: str) -> None:
+        """Bone ↔ MiSS directories (MISS-CONV-*): none unless the implementation has a conversion."""
+        raise NotImplementedError(f"{self.name} has no Bone ↔ MiSS checkpoint conversion")
 
     # ---- optional operations and repros ----
     def call_optional(self, model: nn.Module, capability_id: str, **kw: Any) -> Any:
@@ -432,7 +438,7 @@ class PeftLikeDriver:
             return [f"{result} = {config}" if call.result is not None else config]
         if method == "config_from_dict":
             config_class = f"{prefix}{self.config_classes[a['tuner']].__name__}"
-            return [f"{result} = {config_class}.from_dict({dict(a['d'])!r})"]
+            return [f"{result} = {config_class}.from_peft_type(**{dict(a['d'])!r})"]
         if method == "adapt":
             config = snippet.config(a["tuner"], a["config"])
             named = "" if a["adapter"] is None else f", adapter_name={a['adapter']!r}"

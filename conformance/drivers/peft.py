@@ -62,6 +62,3 @@ class PeftDriver(PeftLikeDriver):
                 ),
             }
         )  # fmt: skip
-
-    def convert_checkpoint(self, src_dir: str, dst_dir: str, to: str) -> None:
-        raise NotImplementedError("peft 0.21 has no Bone ↔ MiSS checkpoint conversion")

@@ -92,6 +92,11 @@ class PeftConfig:
             )
         return target_cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def from_peft_type(cls, **kwargs: Any) -> PeftConfig:
+        """PEFT's name for `from_dict(kwargs)`."""
+        return cls.from_dict(kwargs)
+
     def to_json_string(self) -> str:
         # Top-level keys sorted; nested dicts keep their order (rank_pattern's first match depends on it).
         return json.dumps(dict(sorted(self.to_dict().items())), indent=2)

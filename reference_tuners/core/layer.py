@@ -12,6 +12,14 @@ from torch import nn
 from .kinds import apply_op, features, logical_weight, stored_layout
 
 
+def introduces_non_finite(new: torch.Tensor, old: torch.Tensor) -> bool:
+    """Whether `new` is non-finite anywhere `old` is finite. A finite sum proves every element of `new` finite
+    (a NaN or ±inf term makes the sum non-finite) in one reduction; only otherwise are the elements compared."""
+    if torch.isfinite(new.sum()):
+        return False
+    return bool((~torch.isfinite(new) & torch.isfinite(old)).any())
+
+
 class TunerLayer(nn.Module):
     """Wraps a base layer and holds any number of named adapters of one tuner.
 
@@ -178,7 +186,7 @@ class TunerLayer(nn.Module):
             weight, bias = self.unmerged_tensors(name)
             current = [(weight, self.base_weight()), (bias, self.base_layer.bias)]
             for new, old in current:
-                if new is not None and (~torch.isfinite(new) & torch.isfinite(old)).any():
+                if new is not None and introduces_non_finite(new, old):
                     raise ValueError(f"Unmerging adapter {name!r} would write non-finite values; it stays merged.")
             self._write_base(weight, bias)
             self.merged_adapters.pop()

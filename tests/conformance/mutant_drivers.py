@@ -1,6 +1,11 @@
 """Broken implementations for the harness self-tests: each behaves like the reference except for one
 single-point bug, made on the adapted model's own layers (nothing global is patched)."""
 
+import os
+import signal
+import threading
+from pathlib import Path
+
 from conformance.drivers.reference import ReferenceDriver
 
 
@@ -15,3 +20,34 @@ class LoHaScaleBugDriver(ReferenceDriver):
             for name, settings in layer.settings.items():
                 layer.scaling[name] *= settings.r
         return adapted
+
+
+def _first_time() -> bool:
+    """True once per marker file (`TUNERSPEC_TEST_MARKER`): the first call in any process of a test's run."""
+    marker = Path(os.environ["TUNERSPEC_TEST_MARKER"])
+    if marker.exists():
+        return False
+    marker.touch()
+    return True
+
+
+class CrashOnceDriver(ReferenceDriver):
+    """The reference, except that the first `merge` of a run kills its process with SIGSEGV."""
+
+    name = "crash-once"
+
+    def merge(self, model, adapters=None, safe=False):
+        if _first_time():
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return super().merge(model, adapters, safe)
+
+
+class HangOnceDriver(ReferenceDriver):
+    """The reference, except that the first `merge` of a run never returns."""
+
+    name = "hang-once"
+
+    def merge(self, model, adapters=None, safe=False):
+        if _first_time():
+            threading.Event().wait()
+        return super().merge(model, adapters, safe)

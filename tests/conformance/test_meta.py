@@ -13,6 +13,7 @@ import pytest
 import conformance.contracts
 from conformance.check import check
 from conformance.drivers.base import TUNERS, Capabilities, TunerCapabilities
+from conformance.drivers.peft import PeftDriver
 from conformance.drivers.reference import ReferenceDriver
 from conformance.rows import CLAUSE_CAPABILITIES, SHOULD, expand
 from conformance.spec.clauses import clauses
@@ -123,3 +124,34 @@ def test_a_tuner_that_is_not_native_is_judged_through_its_stand_ins_conversion_r
     for clause in ("MISS-CONV-1", "MISS-CONV-3"):
         rows = expand(clause, records=RECORDS, capabilities=claims, tuners=["bone", "miss"])
         assert [(row.tuner, row.skip) for row in rows] == [("miss", None)]
+
+
+@pytest.mark.parametrize(
+    "capabilities",
+    [ReferenceDriver().capabilities(), PeftDriver().capabilities(), Capabilities({})],
+    ids=["reference", "peft", "claims-nothing"],
+)
+def test_row_keys_are_unique_whatever_the_driver_claims(capabilities):
+    """One row per (tuner, clause, scope, variant, init, layer_kind, dtype, peer): a clause checked by several tests
+    keeps its rows apart by their axes also where a whole tuner is skipped (not claimed, not native, …)."""
+    keys = [
+        (row.tuner, row.clause, row.scope, row.variant, row.init, row.layer_kind, row.dtype, row.peer)
+        for clause, uses in contract_markers().items()
+        for _, options in uses
+        for row in expand(clause, records=RECORDS, capabilities=capabilities, **options)
+    ]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    assert not duplicated, duplicated[:5]
+
+
+def test_random_init_rows_need_the_init_field():
+    """A driver whose config has no init field (one initialisation only) cannot express random initialisation: its
+    random-init rows are `fail` "unsupported", not a distribution failure."""
+    fields = frozenset({"target_modules", "r"})
+    claims = Capabilities({"loha": TunerCapabilities(variants=frozenset({"plain"}), config_fields=fields)})
+    rows = list(expand("LOHA-ID-1", records=RECORDS, capabilities=claims, tuners=["loha"], axes=("init",),
+                       inits=("identity", "random")))  # fmt: skip
+    assert [(row.init, row.unsupported) for row in rows] == [
+        ("identity", None),
+        ("random", "config field init_weights (random initialisation)"),
+    ]

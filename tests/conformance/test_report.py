@@ -8,7 +8,17 @@ import re
 import pytest
 
 from conformance import report as rep
-from conformance.report import Report, Row, load_notes, regenerate, render_markdown, report_paths, write_report
+from conformance.matrix import render_matrix
+from conformance.report import (
+    Report,
+    Row,
+    load_notes,
+    note_for,
+    regenerate,
+    render_markdown,
+    report_paths,
+    write_report,
+)
 
 # DESIGN.md's schema, written out here (not read from the module) so that a change of either is caught.
 HEADER_KEYS = [
@@ -279,6 +289,20 @@ def test_load_notes(tmp_path):
         load_notes(tmp_path, "bad")
 
 
+def test_a_tuner_table_in_the_notes_explains_that_tuners_rows_only(tmp_path):
+    (tmp_path / "peft.toml").write_text(
+        '"CORE-MERGE-4" = "shared cause"\n[loha]\n"CORE-MERGE-4" = "LoHa conv ignores padding_mode"\n',
+        encoding="utf-8",
+    )
+    notes = load_notes(tmp_path, "peft")
+    assert notes == {"CORE-MERGE-4": "shared cause", "loha:CORE-MERGE-4": "LoHa conv ignores padding_mode"}
+    loha, hra = (row("CORE-MERGE-4", "fail", tuner=t, family="merge") for t in ("loha", "hra"))
+    assert note_for(loha, notes) == "LoHa conv ignores padding_mode" and note_for(hra, notes) == "shared cause"
+    (tmp_path / "bad.toml").write_text('[loha]\n"LOHA-FWD-99" = "typo"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="LOHA-FWD-99"):
+        load_notes(tmp_path, "bad")
+
+
 def test_regenerate_rerenders_every_report_with_its_notes(tmp_path):
     notes_dir = tmp_path / "notes"
     notes_dir.mkdir()
@@ -288,7 +312,7 @@ def test_regenerate_rerenders_every_report_with_its_notes(tmp_path):
         write_report(make_report(device=device), tmp_path)
     for md in tmp_path.glob("*.md"):
         md.write_text("stale\n", encoding="utf-8")
-    assert regenerate(tmp_path) == [tmp_path / "peft-cuda.md", tmp_path / "peft.md"]
+    assert regenerate(tmp_path) == [tmp_path / "peft-cuda.md", tmp_path / "peft.md", tmp_path / "README.md"]
     cpu, cuda = (tmp_path / "peft.md").read_text(encoding="utf-8"), (tmp_path / "peft-cuda.md").read_text("utf-8")
     assert cpu == render_markdown(make_report(), {"HRA-FWD-2": "peft's conv forward ignores dilation"})
     assert "ignores dilation" in cuda and "cuda only: no check" in cuda and "cuda only" not in cpu
@@ -304,8 +328,8 @@ def test_regenerate_refuses_a_report_whose_file_name_disagrees_with_its_header(t
 
 
 def test_regenerate_refuses_a_json_file_that_is_not_a_conformance_report(tmp_path):
-    (tmp_path / "mutation.json").write_text('{"mutants": []}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"mutation\.json: not a valid conformance report"):
+    (tmp_path / "coverage.json").write_text('{"mutants": []}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"coverage\.json: not a valid conformance report"):
         regenerate(tmp_path)
 
 
@@ -407,3 +431,25 @@ def test_strip_numbers_keeps_identifiers_and_clause_ids():
     assert rep.strip_numbers("err 0.31 at (0, 2) in float64 conv2d, tol 1e-10, HRA-FWD-2, -3.5e+2, 0x7f") == (
         "err # at (#) in float64 conv2d, tol #, HRA-FWD-2, #"
     )
+
+
+def test_the_matrix_counts_each_implementations_rows_per_tuner_and_family(tmp_path):
+    reference = make_report([row("HRA-FWD-1"), row("HRA-FWD-2", layer_kind="conv2d")], implementation="reference",
+                            driver="reference", version="0.1.0")  # fmt: skip
+    peft = make_report(
+        [
+            row("HRA-FWD-1"),
+            row("HRA-FWD-2", "fail", layer_kind="conv2d"),
+            row("CORE-LIFE-1", "skip", family="lifecycle", detail="surface not offered: lifecycle"),
+        ]
+    )
+    text = render_matrix([peft, reference])
+    assert "| tuner | reference | peft |" in text  # the reference first, then by name
+    assert "| hra | 2 ✓ | 1 pass · **1 fail** |" in text
+    hra = text[text.index("## hra") :]
+    assert "| forward | 2 ✓ | 1 pass · **1 fail** |" in hra and "| lifecycle | — | skip |" in hra
+    assert "| ia3 | — | — |" in text
+    for report in (reference, peft):
+        write_report(report, tmp_path)
+    assert regenerate(tmp_path)[-1] == tmp_path / "README.md"
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == render_matrix([reference, peft])

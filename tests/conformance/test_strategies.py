@@ -9,11 +9,14 @@ from conformance.spec.layer import op
 from conformance.strategies import build_base, input_shapes, layers, logical_weight, random_tensor, seeds
 
 
+@pytest.mark.parametrize("edge_cases", [False, True])
 @pytest.mark.parametrize("kind", ["linear", "hf_conv1d", "conv1d", "conv2d", "conv3d"])
 @given(data=st.data(), seed=seeds)
-def test_drawn_layers_run_and_op_is_the_modules_computation(kind, data, seed):
+def test_drawn_layers_run_and_op_is_the_modules_computation(kind, edge_cases, data, seed):
     layer = data.draw(layers(kind), label="layer")
-    shape = data.draw(input_shapes(layer), label="shape")
+    shape = data.draw(input_shapes(layer, edge_cases), label="shape")
+    if not edge_cases:  # an ordinary input: batched, 2-D or 3-D for linear kinds, never empty
+        assert all(shape) and (len(shape) in (2, 3) if not layer.is_conv else len(shape) == len(layer.kernel_size) + 2)
     module = build_base(layer, "float64", seed)
     x = random_tensor(shape, "float64", seed + 1)
     bias = None if module.bias is None else module.bias.detach()

@@ -1,0 +1,1 @@
+"""Examples that ship with tunerspec (not part of the installed distribution)."""
