@@ -285,7 +285,7 @@ def _status(report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str]
         return "pass", "held on every drawn case"
     exc = call.excinfo.value if call.excinfo is not None else None
     if report.when == "call" and _is_violation(exc):
-        return "fail", _one_line(str(exc))
+        return "fail", _one_line(str(_violation(exc)))  # of a hypothesis group: its first violation
     if exc is None:
         return "error", _one_line(str(report.longrepr))
     first = _error_of(exc)  # hypothesis groups distinct failures: the first names the row

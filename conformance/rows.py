@@ -28,6 +28,9 @@ CLAUSE_CAPABILITIES = {
     "IA3-WADD-1": "ia3.weighted_adapter",
     "LOHA-SCALE-1": "loha.scale_layer",
 }
+# Clauses whose operation SPEC requires but a driver may have no call for: declared in the driver's capability ids
+# (`TunerCapabilities.optional`) when it has one; otherwise the rows fail "unsupported".
+CLAUSE_OPERATIONS = {"MISS-CONV-1": "miss.from_bone"}
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,15 @@ def expand(
         base = RowSpec(tuner, clause, family, scope, peer=peer)
         claims = capabilities.tuners.get(tuner)
         skip = _skipped_tuner(tuner, claims, family, capability)
+        operation = CLAUSE_OPERATIONS.get(base_clause)
         for row in _over_axes(base, axes, record, dtypes, inits):
             if (kinds is None or row.layer_kind in kinds) and (variants is None or row.variant in variants):
-                yield replace(row, skip=skip) if skip else _decide(row, record, claims)
+                if skip:
+                    yield replace(row, skip=skip)
+                elif operation is not None and operation not in claims.optional:
+                    yield replace(row, unsupported=f"operation {operation}")
+                else:
+                    yield _decide(row, record, claims)
 
 
 def _skipped_tuner(tuner: str, claims, family: str, capability: str | None) -> str | None:

@@ -40,7 +40,7 @@ class ReferenceDriver(PeftLikeDriver):
                 ),
                 "miss": TunerCapabilities(
                     variants=frozenset({"plain", "bat", "mini", "mixed"}),
-                    optional=frozenset({"miss.hf_conv1d", "miss.to_bone", "files.bin"}),
+                    optional=frozenset({"miss.hf_conv1d", "miss.from_bone", "miss.to_bone", "files.bin"}),
                     **block,
                 ),
                 "gralora": TunerCapabilities(

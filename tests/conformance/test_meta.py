@@ -155,3 +155,12 @@ def test_random_init_rows_need_the_init_field():
         ("identity", None),
         ("random", "config field init_weights (random initialisation)"),
     ]
+
+
+def test_a_required_operation_the_driver_lacks_fails_unsupported():
+    """MISS-CONV-1 needs a Bone → MiSS conversion: a driver without one (not declaring `miss.from_bone`) gets `fail`
+    "unsupported", not an `error` from a driver raising NotImplementedError."""
+    for optional, expected in ((frozenset(), "operation miss.from_bone"), (frozenset({"miss.from_bone"}), None)):
+        claims = Capabilities({"miss": TunerCapabilities(variants=frozenset({"plain"}), optional=optional)})
+        rows = list(expand("MISS-CONV-1", records=RECORDS, capabilities=claims, tuners=["miss"]))
+        assert [row.unsupported for row in rows] == [expected]
