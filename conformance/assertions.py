@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .drivers.base import Discrepancy
+from .recording import calls_made
 from .spec.layer import Layer
 from .spec.tolerances import Tolerance, violations
 
@@ -43,6 +44,7 @@ class Context:
     seed: int | None = None
     repro: str | None = None
     layer: Layer | None = None  # the base layer's geometry, for a repro that rebuilds the model
+    model_code: str | None = None  # source binding `model`, the first base model, where a test builds its own
 
     def describe(self) -> str:
         parts = [f"[{self.clause}, tuner {self.tuner}, implementation {self.implementation}"]
@@ -77,7 +79,12 @@ def assert_close_to_oracle(
     """`actual` equals the oracle's `expected` within §8's `extra + a·S + r·|expected|`."""
     __tracebackhide__ = True
     if tuple(actual.shape) != tuple(expected.shape):
-        fail(context, f"{what} has shape {tuple(actual.shape)}, but should have shape {tuple(expected.shape)}")
+        shapes = tuple(expected.shape), tuple(actual.shape)
+        fail(
+            context,
+            f"{what} has shape {shapes[1]}, but should have shape {shapes[0]}",
+            Discrepancy(what, (), *shapes, 0.0, *target_of(what), kind="shape"),
+        )
     bad = violations(actual, expected, tol, scale, extra)
     if bad.any():
         error = (actual.detach().double() - expected.detach().double()).abs()
@@ -116,16 +123,27 @@ def assert_raises_clause(
     """The call raises one of `exceptions` whose message names `subject` (case-insensitively, SPEC §0.1)."""
     __tracebackhide__ = True
     wanted = " or ".join(e.__name__ for e in exceptions)
+    before = calls_made()
     try:
         call()
     except Exception as exc:
+        raised = type(exc).__name__
         if not isinstance(exc, exceptions):
-            fail(context, f"raised {type(exc).__name__}({exc}), but should raise {wanted}")
+            message = f"raised {raised}({exc}), but should raise {wanted}"
+            fail(context, message, outcome("raised", wanted, raised, before))
         if not re.search(re.escape(subject), str(exc), re.IGNORECASE):
-            fail(context, f"the {type(exc).__name__} raised does not name {subject!r}: {exc}")
+            message = f"the {raised} raised does not name {subject!r}: {exc}"
+            fail(context, message, outcome("unnamed", (subject,), raised, before))
         return exc
-    fail(context, f"no {wanted} was raised (subject {subject!r})")
+    fail(context, f"no {wanted} was raised (subject {subject!r})", outcome("silent", wanted, None, before))
     raise AssertionError  # unreachable: fail() raises
+
+
+def outcome(kind: str, expected: Any, observed: str | None, before: int) -> Discrepancy:
+    """A discrepancy on what a checked operation raised (`Discrepancy.kind` "raised", "unnamed" or "silent"), with
+    `before` the `calls_made()` count when it began: a repro re-runs its last driver call where it made any."""
+    target = "call" if calls_made() > before else None
+    return Discrepancy("the checked operation", (), expected, observed, 0.0, target, kind=kind)
 
 
 def target_of(what: str) -> tuple[str | None, str]:

@@ -328,6 +328,8 @@ def _repro(recorder: RecordingDriver, row: RowSpec, failure: BaseException | Non
     seeds = () if seed is None else (seed, seed + 7)  # the seeds `build_base` is given (a Twin's second: seed + 7)
     calls, primary = _case_calls(records, seeds)
     model_code = _model_code(primary, context, seeds) if primary is not None else "import torch, transformers"
+    if model_code is None and context is not None:
+        model_code = context.model_code  # a test's own model, written by the test
     if model_code is None:
         return context.repro if context is not None else None
     shape = context.shapes.get("x") if context is not None else None

@@ -94,6 +94,7 @@ class RecordingDriver:
             except Exception:  # what cannot be copied is not recorded; the call itself goes ahead untouched
                 record = CallRecord(name, {})
             self.calls.append(record)
+            _MADE[0] += 1
             result = method(*args, **kwargs)  # no try: an exception propagates untouched (record.returned stays False)
             record.result, record.returned = result, True
             return result
@@ -102,6 +103,15 @@ class RecordingDriver:
         call.__doc__ = method.__doc__
         call.__wrapped__ = method  # type: ignore[attr-defined]
         return call
+
+
+_MADE = [0]  # protocol calls recorded in this process, by every recorder
+
+
+def calls_made() -> int:
+    """How many protocol calls recorders have logged in this process: read before and after an operation, it says
+    whether the operation went through the driver (its last driver call is then the log's last)."""
+    return _MADE[0]
 
 
 def _current_example() -> object | None:
@@ -173,29 +183,51 @@ _TWIN = [
     "    def forward(self, x):",
     "        return self.layer(x) + self.inner(x)",
 ]
+_BUNDLE = [
+    "class Bundle(nn.Module):",
+    "    def __init__(self, leaves):",
+    "        super().__init__()",
+    "        self.leaf_keys = list(leaves)",
+    "        for key, module in leaves.items():",
+    "            parent = self",
+    "            *path, last = key.split('.')",
+    "            for part in path:",
+    "                if part not in parent._modules:",
+    "                    parent.add_module(part, nn.Module())",
+    "                parent = parent._modules[part]",
+    "            parent.add_module(last, module)",
+    "    def forward(self, x):",
+    "        return torch.cat([self.get_submodule(key)(x) for key in self.leaf_keys], dim=-1)",
+]
 
 
 LITERAL_LIMIT = 4096  # tensor elements a repro may write out literally (more: no repro, rather than a huge one)
 
 
 def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], seeds: Iterable[int] = ()) -> str | None:
-    """Source binding `var` to a `Holder` or `Twin` of Linear / Conv1d-3d / transformers Conv1D layers with the
-    tensors `state` (the model's `state_dict()` as it was passed): each layer built as `strategies.build_base` does
-    where one of `seeds` gives exactly those tensors, else written out. `module` is the live model, whose tuner
-    layers are looked through (`base_layer`) for the geometry. None for any other model, or too many literals."""
+    """Source binding `var` to a `Holder`, a `Twin` or a config contract's `Bundle` of Linear / Conv1d-3d /
+    transformers Conv1D layers with the tensors `state` (the model's `state_dict()` as it was passed): each layer
+    built as `strategies.build_base` does where one of `seeds` gives exactly those tensors, else written out.
+    `module` is the live model, whose tuner layers are looked through (`base_layer`) for the geometry. None for any
+    other model, or too many literals."""
     from .harness import Holder
     from .scenes import Twin
 
     if type(module) is Holder:
-        leaves, wrapper = {"layer": module.layer}, f"{var} = Holder({var}_layer)"
+        leaves, classes = {"layer": module.layer}, _HOLDER
+        wrapper = f"{var} = Holder({var}_layer)"
     elif type(module) is Twin and type(module.inner) is Holder:
-        leaves = {"layer": module.layer, "inner.layer": module.inner.layer}
-        wrapper = f"{var} = Twin({var}_layer, {var}_inner)"
+        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _HOLDER + _TWIN
+        wrapper = f"{var} = Twin({var}_layer, {var}_inner_layer)"
+    elif _is_bundle(module):
+        leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, _BUNDLE
+        wrapper = f"{var} = Bundle({{{', '.join(f'{key!r}: {_leaf_var(var, key)}' for key in leaves)}}})"
     else:
         return None
-    lines = ["import torch, transformers", "from torch import nn", *_HOLDER, *(_TWIN if len(leaves) == 2 else [])]
+    lines = ["import torch, transformers", "from torch import nn", *classes]
     literal = 0
-    for (prefix, leaf), name in zip(leaves.items(), (f"{var}_layer", f"{var}_inner"), strict=False):
+    for prefix, leaf in leaves.items():
+        name = _leaf_var(var, prefix)
         while hasattr(leaf, "base_layer"):  # a tuner layer injected since: its base holds the geometry
             leaf = leaf.base_layer
         geometry = _geometry(leaf)
@@ -222,6 +254,19 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
         lines += [f"    {name}.{n}.copy_({tensor_code(t)})" for n, t in tensors.items()]
     lines.append(wrapper)
     return "\n".join(lines)
+
+
+def _leaf_var(var: str, key: str) -> str:
+    return f"{var}_{key.replace('.', '_')}"
+
+
+def _is_bundle(module: nn.Module) -> bool:
+    """The config contracts' `Bundle` (leaves under dotted keys, plain `nn.Module` containers in between)."""
+    try:
+        from .contracts.test_config import Bundle
+    except ImportError:  # the contracts are not importable outside the package
+        return False
+    return type(module) is Bundle
 
 
 def _geometry(leaf: nn.Module) -> tuple[Layer, str] | None:

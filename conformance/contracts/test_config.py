@@ -23,11 +23,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conformance.assertions import ClauseFailure, Context, assert_close_to_oracle, assert_equal, assert_raises_clause
+from conformance.assertions import (
+    ClauseFailure,
+    Context,
+    assert_close_to_oracle,
+    assert_equal,
+    assert_raises_clause,
+    outcome,
+)
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
 from conformance.harness import KEY, claims_of, clause_variants
 from conformance.models import MODELS
+from conformance.recording import calls_made
 from conformance.rows import SHOULD, RowSpec
 from conformance.scenes import assert_warned, caught_warnings, fill_row, user_warnings
 from conformance.spec.draws import small_floats
@@ -162,13 +170,15 @@ def assert_rejects(
     """`call` raises one of `exceptions` (through `assert_raises_clause`) whose message names one of `names` as a word.
     (Proposed for assertions.py: `assert_raises_clause(..., subject=str | tuple, what=...)` with whole-word match.)"""
     __tracebackhide__ = True
+    before = calls_made()
     try:
         exc = assert_raises_clause(ctx, exceptions, "", call)
     except ClauseFailure as failure:
         message = str(failure).replace("(subject '')", f"(naming one of {list(names)})")
-        raise ClauseFailure(f"{what}: {message}") from None
+        raise ClauseFailure(f"{what}: {message}", failure.context, failure.discrepancy) from None
     if not names_any(str(exc), names):
-        clause_fail(ctx, f"{what}: the {type(exc).__name__} raised names none of {list(names)}: {exc}")
+        message = f"{what}: the {type(exc).__name__} raised names none of {list(names)}: {exc}"
+        clause_fail(ctx, message, outcome("unnamed", names, type(exc).__name__, before))
 
 
 def call_catching(call: Callable[[], Any]) -> tuple[Any, list]:
@@ -1080,7 +1090,8 @@ def feedforward_rules(data: st.DataObject) -> list[dict]:
     regexes = [r"fc", r".*fc", r"blk\..*", r".*\.fc2?", r"(.*\.)?proj", r"xfc|fc", r"q_proj"]
     rule = st.one_of(st.lists(st.sampled_from(entries), max_size=4, unique=True), st.sampled_from(regexes))
     target = "|".join(re.escape(k) for k in TREE_KEYS)
-    rules = with_pinned(data, (["proj", "fc"], "fc"), rule, "feedforward_modules")
+    # r".*fc" tells re.fullmatch from re.match (blk.fc2)
+    rules = with_pinned(data, (["proj", "fc"], "fc", r".*fc"), rule, "feedforward_modules")
     return [{"target_modules": target, "feedforward_modules": r} for r in rules]
 
 

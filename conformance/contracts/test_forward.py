@@ -22,7 +22,7 @@ from torch import nn
 
 from conformance import coverage
 from conformance.assertions import Context, assert_close_to_oracle, assert_equal, assert_raises_clause, fail
-from conformance.drivers.base import Driver
+from conformance.drivers.base import Discrepancy, Driver
 from conformance.harness import (
     KEY,
     AdaptedLayer,
@@ -246,7 +246,12 @@ def _accepted(context: Context, model: nn.Module, x: torch.Tensor, what: str) ->
         return _forward(model, x)
     except Exception as exc:  # any exception: the input was not accepted
         message = f"forward on {what} of shape {tuple(x.shape)} raised {type(exc).__name__}({exc})"
-        fail(context, f"{message}, but should accept it")
+        context.shapes["x"] = tuple(x.shape)  # for the repro: this input (drawn as the context's x is)
+        fail(
+            context,
+            f"{message}, but should accept it",
+            Discrepancy("output", (), "", type(exc).__name__, 0.0, "output", kind="raised"),
+        )
         raise AssertionError from exc  # unreachable: fail() raises
 
 
@@ -316,15 +321,15 @@ def test_conv_output_shape(row, driver, data):
 
 class Both(nn.Module):
     """Two base layers of one geometry under the keys `layer` and `inner.layer`, both applied to the input; the
-    output stacks their outputs, so each tuner layer's output is observed on its own."""
+    output is the pair of their outputs, so each tuner layer's output is observed on its own (whatever its shape)."""
 
     def __init__(self, first: nn.Module, second: nn.Module) -> None:
         super().__init__()
         self.layer = first
         self.inner = Holder(second)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack((self.layer(x), self.inner(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer(x), self.inner(x)
 
 
 @pytest.mark.contract("CORE-FWD-5")

@@ -221,7 +221,7 @@ def context_for(
     """The failure context, with a repro in the implementation's own API (`driver.repro`) that builds `code`'s model
     and adapts it with `configs` (adapter name → canonical config)."""
     first = next(iter(configs.values()))
-    context = Context(row.clause, row.tuner, driver.name, first if len(configs) == 1 else configs)
+    context = Context(row.clause, row.tuner, driver.name, first if len(configs) == 1 else configs, model_code=code)
     case = Case(tuner=row.tuner, clause=row.clause, configs=configs, model_code=code, calls=list(calls))
     try:
         context.repro = driver.repro(case)

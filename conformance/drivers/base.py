@@ -76,18 +76,28 @@ class Call:
 
 @dataclass(frozen=True)
 class Discrepancy:
-    """The worst element of a failed comparison: `what` was compared, at index `where`; the oracle's `expected`
-    value, the implementation's `observed` one, and `bound`, the |difference| allowed there (0: equality).
+    """What a failed check saw, for a repro's final check to observe again. By `kind`:
+
+    - "value": the worst element of a failed comparison: `what` at index `where`, the oracle's `expected` value,
+      the implementation's `observed` one, `bound` the |difference| allowed there (0: equality);
+    - "shape": `observed` is the shape of `what`, `expected` the shape SPEC requires (`where` is empty);
+    - "raised": the checked operation raised an exception of type name `observed`, where `expected` names the types
+      SPEC requires ("": none, the input must be accepted);
+    - "unnamed": it raised `observed` as required, but the message names none of the subjects `expected` (a tuple);
+    - "silent": it returned (`observed` None), where `expected` names the exception types SPEC requires.
+
     `target` says what a repro recomputes to show it: "output" (the model on `x`), "weight" or "bias" (the live base
-    layer under `key`, logical orientation), or None (not rendered)."""
+    layer under `key`, logical orientation), "call" (the last recorded driver call, the checked operation), or None
+    (not rendered)."""
 
     what: str
     where: tuple[int, ...]
-    expected: float
-    observed: float
+    expected: Any
+    observed: Any
     bound: float
     target: str | None = None
     key: str = "layer"
+    kind: str = "value"
 
 
 @dataclass
@@ -392,9 +402,12 @@ class PeftLikeDriver:
         changing = [i for i, call in enumerate(case.calls) if isinstance(call, Call) and call.method not in READ_ONLY]
         last = changing[-1] if changing else -1
         disabled_last = last >= 0 and case.calls[last].method == "disabled"  # type: ignore[union-attr]
+        checked = calls[-1] if _checks_last_call(case, calls[-1]) else None
         for i, call in enumerate(case.calls):
             if isinstance(call, str):
                 snippet.lines.append(f"# {call}")
+            elif call is checked:
+                snippet.outcome_check(self.render_call(call, snippet), f"{call.method}(…)")
             elif call.method in READ_ONLY or (disabled_last and i == last):
                 continue
             elif call.raised and i != len(case.calls) - 1:  # the test expected it to raise, and went on
@@ -406,7 +419,7 @@ class PeftLikeDriver:
                 snippet.current = _model_after(call, snippet.current)
             if isinstance(call, Call) and call.result is not None:
                 snippet.bound.add(call.result.var)
-        if not calls[-1].raised:
+        if checked is None and not calls[-1].raised:
             snippet.final_check(disabled=disabled_last)
         head = [case.model_code, import_line, *sorted(snippet.imports), f"torch.manual_seed({case.seed})"]
         return "\n".join([*head, *snippet.lines])
@@ -569,16 +582,24 @@ class ReproSnippet:
         return var
 
     def final_check(self, *, disabled: bool) -> None:
-        """The forward on `x` (inside `disable_adapter()` when that was the last call), then the observed element
-        next to the required one (the oracle's, or the implementation's own other output); `REPRODUCED: …` when they
-        differ beyond the bound and the observed element is the one the suite saw."""
+        """The forward on `x` (inside `disable_adapter()` when that was the last call), then what it shows next to
+        what SPEC requires: the observed element next to the required one (the oracle's, or the implementation's own
+        other output), the output's shape, or the exception the forward raised; `REPRODUCED: …` when they differ and
+        the observation is the one the suite saw."""
         case, model, d = self.case, self.current, self.case.discrepancy
         target = d.target if d is not None else None
         forward = self.x_bound and target in ("output", None)
+        context = f"torch.no_grad(), {model}.disable_adapter()" if disabled else "torch.no_grad()"
+        forward_lines = [f"with {context}:", f"    y = {model}.eval()(x)"]
+        if forward and d is not None and d.kind == "raised":
+            self.outcome_check(forward_lines, "the forward on x")
+            return
         if forward:
-            context = f"torch.no_grad(), {model}.disable_adapter()" if disabled else "torch.no_grad()"
-            self.lines += [f"with {context}:", f"    y = {model}.eval()(x)"]
-        if d is None or target is None or (target == "output" and not forward):
+            self.lines += forward_lines
+        if forward and d is not None and d.kind == "shape":
+            self._shape_check(d)
+            return
+        if d is None or d.kind != "value" or target is None or (target == "output" and not forward):
             if forward:
                 self.lines.append("print(y)")
             results = (("expected", case.expected), ("observed", case.observed))
@@ -612,8 +633,63 @@ class ReproSnippet:
             f"    print(f'{REPRODUCED} {{what}} = {{observed!r}}, but should be {{expected!r}} "
             "(|difference| {abs(observed - expected):.3g} > {allowed:.3g})')",
             "else:",
-            "    print('NOT REPRODUCED: the snippet does not show the failure the suite saw')",
+            f"    print({NOT_REPRODUCED!r})",
         ]
+
+    def _shape_check(self, d: Discrepancy) -> None:
+        """The output `y`'s shape next to the one SPEC requires; `REPRODUCED: …` when it differs as the suite saw."""
+        self.lines += [
+            f"expected = {tuple(d.expected)!r}  # the shape the clause requires",
+            f"seen = {tuple(d.observed)!r}  # the shape the conformance suite observed",
+            f"what = {d.what!r}",
+            "observed = tuple(y.shape)",
+            "print(f'shape of the {what}: observed {observed}, expected {expected}')",
+            "if observed != expected and observed == seen:",
+            f"    print(f'{REPRODUCED} {{what}} has shape {{observed}}, but should have shape {{expected}}')",
+            "else:",
+            f"    print({NOT_REPRODUCED!r})",
+        ]
+
+    def outcome_check(self, body: list[str], what: str) -> None:
+        """`body` (the checked operation) run once and its outcome printed: the exception it raised, or none;
+        `REPRODUCED: …` when that outcome is the one the suite saw and SPEC forbids (`Discrepancy.kind` "raised",
+        "unnamed" or "silent"; an "unnamed" message must name none of the subjects, even as a substring). A body
+        that is only comments (an operation not rendered) is written as it is, with no check."""
+        d = self.case.discrepancy
+        if d is None or d.kind not in OUTCOME_KINDS or all(line.lstrip().startswith("#") for line in body):
+            self.lines += body
+            return
+        self.lines += ["try:", *_indent(body), "except Exception as exc:", "    raised = exc"]
+        self.lines += [
+            "else:",
+            "    raised = None",
+            f"what = {what!r}",
+            "print(what, 'returned' if raised is None else f'raised {type(raised).__name__}: {raised}')",
+        ]
+        if d.kind == "silent":
+            shown, claim = "raised is None", f"{what} raised no exception, but should raise {d.expected}"
+        elif d.kind == "raised":
+            shown = f"type(raised).__name__ == {d.observed!r}"
+            claim = f"{what} raised {d.observed}, but should " + (f"raise {d.expected}" if d.expected else "accept it")
+        else:
+            subjects = tuple(str(s).lower() for s in d.expected)
+            shown = (
+                f"type(raised).__name__ == {d.observed!r} and not any(s in str(raised).lower() for s in {subjects!r})"
+            )
+            claim = f"{what} raised {d.observed} naming none of {list(subjects)}"
+        self.lines += [f"if {shown}:", f"    print({f'{REPRODUCED} {claim}'!r})"]
+        self.lines += ["else:", f"    print({NOT_REPRODUCED!r})"]
+
+
+OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent"})  # discrepancies on whether / what an operation raised
+NOT_REPRODUCED = "NOT REPRODUCED: the snippet does not show the failure the suite saw"
+
+
+def _checks_last_call(case: Case, last: Call) -> bool:
+    """The case's final check is on the outcome of its last recorded call (rendered as a public call, not a comment
+    or a read-only observation)."""
+    d = case.discrepancy
+    return d is not None and d.kind in OUTCOME_KINDS and d.target == "call" and last.method not in READ_ONLY
 
 
 def _model_after(call: Call, current: str) -> str:

@@ -4,9 +4,11 @@ and a `fail` row's repro, run alone in a clean interpreter, prints the discrepan
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
+import types
 import warnings
 from contextlib import nullcontext, redirect_stdout
 from typing import Any
@@ -16,13 +18,16 @@ import torch
 from mutant_drivers import LoHaScaleBugDriver
 
 from conformance import plugin
+from conformance.assertions import assert_close_to_oracle, assert_raises_clause
 from conformance.check import check, shows_failure
+from conformance.contracts import test_config, test_forward
 from conformance.drivers.base import REPRODUCED, Call, Case, Discrepancy, Ref
 from conformance.drivers.reference import ReferenceDriver
 from conformance.harness import Holder
-from conformance.recording import RecordingDriver, unwrap
+from conformance.recording import RecordingDriver, module_code, unwrap
 from conformance.report import Row
 from conformance.spec.layer import Layer
+from conformance.spec.tolerances import tolerance
 from conformance.strategies import build_base, random_tensor
 
 LOHA = {"r": 2, "alpha": 3.0, "target_modules": ["layer"]}
@@ -227,3 +232,145 @@ def test_merge_and_disable_replay():
     with recorder.disabled(model):
         printed = _replayed(recorder, model.eval(), x, seed)
     assert REPRODUCED in printed
+
+
+# ---- final checks beyond one element: an output's shape, and what an operation raised ---------------------------
+
+_RUNNER = """
+import contextlib, io, json, sys
+printed = []
+for snippet in json.load(sys.stdin):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(snippet, '<repro>', 'exec'), {'__name__': '__main__'})
+    printed.append(out.getvalue())
+print(json.dumps(printed))
+"""
+
+
+def _run_each(snippets: list[str]) -> list[str]:
+    """What each snippet printed, each run in a fresh namespace of one clean interpreter (one start for all)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        input=json.dumps(snippets),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _reproduced(printed: str) -> bool:
+    return any(line.startswith(REPRODUCED) for line in printed.splitlines())
+
+
+class SetActiveLiesDriver(ReferenceDriver):
+    """Reports the library's `set_active` outcome backwards: ValueError("refused") where the library succeeds,
+    nothing where it raises (a driver bug that no snippet in the library's API can show)."""
+
+    def set_active(self, model, names):
+        try:
+            super().set_active(model, names)
+        except ValueError:
+            return
+        raise ValueError("refused")
+
+
+def _rendered(recorder: RecordingDriver, check: Any) -> tuple[str, Discrepancy]:
+    """The repro `plugin._repro` renders for the ClauseFailure `check()` raises, and that failure's discrepancy."""
+    with pytest.raises(plugin.ClauseFailure) as raised:
+        check()
+    row = types.SimpleNamespace(tuner="loha", clause=raised.value.context.clause)
+    snippet = plugin._repro(recorder, row, raised.value, error=False)
+    assert snippet is not None and REPRODUCED in snippet
+    return snippet, raised.value.discrepancy
+
+
+def _adapted(driver: ReferenceDriver, seed: int) -> tuple[RecordingDriver, torch.nn.Module]:
+    recorder = RecordingDriver(driver)
+    base = Holder(build_base(Layer("linear", 4, 3), "float64", seed))
+    return recorder, recorder.adapt(base, "loha", recorder.make_config("loha", LOHA))
+
+
+# (exceptions required, subject, the names the library's outcome is judged on, those the lying driver's is)
+OUTCOMES = {
+    "silent": ((ValueError,), "", ["default"], ["nonexistent"]),
+    "raised": ((KeyError,), "", ["nonexistent"], ["default"]),
+    "unnamed": ((ValueError,), "zeta", ["nonexistent"], ["default"]),
+}
+
+
+def _outcome_snippet(kind: str, lying: bool) -> str:
+    """`set_active` judged by `assert_raises_clause`: the repro of the library's own violation, or (`lying`) of the
+    one the lying driver reports."""
+    exceptions, subject, honest, lied = OUTCOMES[kind]
+    recorder, model = _adapted(SetActiveLiesDriver() if lying else ReferenceDriver(), 5)
+    context = plugin.Context("CORE-LIFE-3", "loha", "reference", seed=5)
+    names = lied if lying else honest
+    snippet, discrepancy = _rendered(
+        recorder, lambda: assert_raises_clause(context, exceptions, subject, lambda: recorder.set_active(model, names))
+    )
+    assert (discrepancy.kind, discrepancy.target) == (kind, "call")
+    return snippet
+
+
+def _shape_snippet(reshaped: bool) -> str:
+    """`assert_close_to_oracle` against an oracle of another shape: the library's output as it is, or (`reshaped`)
+    one a driver unsqueezed on its way to the suite."""
+    recorder, model = _adapted(ReferenceDriver(), 9)
+    x = random_tensor((2, 4), "float64", 10)
+    context = plugin.Context("CORE-FWD-1", "loha", "reference", shapes={"x": (2, 4)}, seed=9)
+    y = model.eval()(x).detach()
+    actual, expected = (y.unsqueeze(0), y) if reshaped else (y, y.reshape(3, 2))
+    tol = tolerance("N", "float64")
+    snippet, discrepancy = _rendered(
+        recorder,
+        lambda: assert_close_to_oracle(
+            context=context, what="output", actual=actual, expected=expected, tol=tol, scale=1
+        ),
+    )
+    assert discrepancy.kind == "shape"
+    return snippet
+
+
+class Refuses(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("refused")
+
+
+def _refused_forward_snippet(wrapped: bool) -> str:
+    """`test_forward._accepted` on an input the library refuses (one feature too many), or (`wrapped`) on a good
+    input a wrapper refuses on the library's behalf."""
+    recorder, model = _adapted(ReferenceDriver(), 2)
+    context = plugin.Context("CORE-FWD-2", "loha", "reference", seed=2)
+    x = random_tensor((2, 4 if wrapped else 5), "float64", 3)
+    forward = Refuses() if wrapped else model
+    snippet, discrepancy = _rendered(recorder, lambda: test_forward._accepted(context, forward, x, "x"))
+    assert (discrepancy.kind, discrepancy.target) == ("raised", "output")
+    return snippet
+
+
+def test_outcome_and_shape_repros_reproduce_only_the_library():
+    """Each new final check, run in a clean interpreter: the library's own violation prints `REPRODUCED`, the same
+    failure misreported by a driver prints `NOT REPRODUCED` (so the check observes; it does not echo the suite)."""
+    snippets = [_outcome_snippet(kind, lying) for kind in OUTCOMES for lying in (False, True)]
+    snippets += [make(bent) for make in (_shape_snippet, _refused_forward_snippet) for bent in (False, True)]
+    printed = _run_each(snippets)
+    assert [_reproduced(p) for p in printed] == [True, False] * 5, printed
+    assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
+
+
+def test_bundle_model_code_rebuilds_the_tensors():
+    """The config contracts' two-layer `Bundle` is written as source that rebuilds it exactly (seeded layers)."""
+    model = test_config.bundle({"layer": Layer("linear", 3, 2), "blk.other": Layer("linear", 3, 4)}, 4)
+    code = module_code("model", model, model.state_dict(), (4, 11))
+    assert code is not None and "torch.tensor(" not in code  # each layer rebuilt from its seed, no literals
+    scope: dict = {}
+    exec(compile(code, "<model>", "exec"), scope)
+    rebuilt = scope["model"].state_dict()
+    assert rebuilt.keys() == model.state_dict().keys()
+    assert all(torch.equal(rebuilt[k], v) for k, v in model.state_dict().items())
+    x = random_tensor((2, 3), "float32", 1)
+    assert torch.equal(scope["model"](x), model(x))
