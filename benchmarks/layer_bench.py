@@ -12,9 +12,10 @@ from conformance.harness import Holder, adapt_module
 
 from .metrics import peak_allocated_bytes, saved_tensor_bytes, trainable_parameters
 from .operations import OPERATIONS, UNMERGED_OPERATIONS, backward_step, prepared
+from .prepare import prepare
 from .record import Measurement, timing_entry
 from .settings import Progress, Settings
-from .subjects import BASE, Subject, adapt_all, check_outputs, equalise
+from .subjects import BASE, Subject, check_outputs, equalise
 from .timer import failures, round_robin
 from .workloads import BenchTuner, LayerWorkload
 
@@ -38,12 +39,7 @@ def bench_layer(
     workload: LayerWorkload, tuner: BenchTuner, drivers: dict[str, Driver], settings: Settings, progress: Progress
 ) -> Measurement:
     device, dtype = settings.torch_device, settings.torch_dtype
-    torch.manual_seed(0)
-    base = workload.build(dtype, device)
-    adapted, skipped = adapt_all(base, drivers, tuner, workload.kind, adapt_module)
-    measurement = Measurement()
-    for name, reason in skipped.items():
-        measurement.skip(workload.name, tuner.name, name, reason)
+    base, adapted, measurement = prepare(workload, tuner, drivers, settings, workload.kind, adapt_module)
     if not adapted:
         return measurement
     not_copied = equalise(adapted)

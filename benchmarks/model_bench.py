@@ -9,9 +9,10 @@ from torch import nn
 from conformance.drivers.base import Driver
 
 from .metrics import trainable_parameters
+from .prepare import prepare
 from .record import Measurement, timing_entry
 from .settings import Progress, Settings
-from .subjects import BASE, Subject, adapt_all, equalise
+from .subjects import BASE, Subject, equalise
 from .timer import Candidate, failures, round_robin
 from .workloads import LLAMA_TARGETS, BenchTuner, ModelWorkload
 
@@ -45,13 +46,8 @@ def train_step(model: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor)
 def bench_model(
     workload: ModelWorkload, tuner: BenchTuner, drivers: dict[str, Driver], settings: Settings, progress: Progress
 ) -> Measurement:
-    device, dtype = settings.torch_device, settings.torch_dtype
-    torch.manual_seed(0)
-    base = workload.build(dtype, device)
-    adapted, skipped = adapt_all(base, drivers, tuner, "linear", adapt_projections)
-    measurement = Measurement()
-    for name, reason in skipped.items():
-        measurement.skip(workload.name, tuner.name, name, reason)
+    device = settings.torch_device
+    base, adapted, measurement = prepare(workload, tuner, drivers, settings, "linear", adapt_projections)
     if not adapted:
         return measurement
     not_copied = equalise(adapted)
