@@ -157,4 +157,8 @@ CATALOG: tuple[Mutant, ...] = (
     _m("configs:TaskTypeUnchecked", "loha", "config", "config", "CORE-CFG-2"),
     _m("configs:HraApplyGsDefaultTrue", "hra", "config", "config", "HRA-CFG-1"),
     _m("configs:Ia3FeedforwardSubsetUnchecked", "ia3", "config", "config", "IA3-CFG-2 CORE-CFG-4"),
+    # config validation
+    # structure: injection, layer support, parameter shapes and counts
+    # forward edge cases, init, gradients, dtype and device, merge, unmerge, safe merge, weighted adapters
+    # lifecycle, bias, matching and Bone → MiSS conversion
 )
