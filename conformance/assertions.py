@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -75,8 +75,11 @@ def assert_close_to_oracle(
     tol: Tolerance,
     scale: float,
     extra: torch.Tensor | float = 0.0,
+    observe: dict[str, Any] | None = None,
 ) -> None:
-    """`actual` equals the oracle's `expected` within §8's `extra + a·S + r·|expected|`."""
+    """`actual` equals the oracle's `expected` within §8's `extra + a·S + r·|expected|`. `observe`: `Discrepancy`
+    fields saying how a repro reads `actual` again (e.g. a gradient: target, name, mode, weights_seed), where its
+    name alone (`target_of`) does not."""
     __tracebackhide__ = True
     if tuple(actual.shape) != tuple(expected.shape):
         shapes = tuple(expected.shape), tuple(actual.shape)
@@ -104,16 +107,21 @@ def assert_close_to_oracle(
             context,
             f"{what} = {got:.6g} at {where}, but should be {want:.6g}: largest error {error.max().item():.3g} "
             f"({int(bad.sum())} of {bad.numel()} elements outside {bound})",
-            Discrepancy(what, where, float(want), float(got), allowed, *target_of(what)),
+            replace(Discrepancy(what, where, float(want), float(got), allowed, *target_of(what)), **(observe or {})),
         )
 
 
-def assert_equal(context: Context, what: str, actual: Any, expected: Any) -> None:
-    """⟨S⟩/⟨Z⟩ checks: exact equality (`torch.equal` for tensors)."""
+def assert_equal(context: Context, what: str, actual: Any, expected: Any, observe: str | None = None) -> None:
+    """⟨S⟩/⟨Z⟩ checks: exact equality (`torch.equal` for tensors). `observe`: the `Discrepancy.target` a repro observes
+    `actual` again through, where it is not a tensor: "output" for the output's shape ("shape"), else an exact
+    observation ("differs")."""
     __tracebackhide__ = True
     same = torch.equal(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
     if not same:
         difference = _first_difference(what, actual, expected)
+        if observe is not None:
+            kind, admissible = ("shape", expected) if observe == "output" else ("differs", (expected,))
+            difference = Discrepancy(what, (), admissible, actual, 0.0, observe, kind=kind)
         fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}", difference)
 
 
@@ -184,3 +192,9 @@ def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def unwarned(subjects: tuple[str, ...], emitted: list[str], category: str = "UserWarning") -> Discrepancy:
+    """A discrepancy on the warnings of the checked operation (the last state-changing driver call): none of
+    `category` named one of `subjects`; `emitted` says what it emitted."""
+    return Discrepancy("the checked operation", (), (category, *subjects), list(emitted), 0.0, "call", kind="unwarned")

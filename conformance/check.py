@@ -29,6 +29,7 @@ from .spec.families import FAMILIES
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 REPRO_TIMEOUT_S = 60
+FINDINGS = ("fail", "error", "warn")  # the statuses whose rows carry a repro to verify
 
 
 def driver_spec(driver: str | Driver) -> str:
@@ -53,6 +54,7 @@ def check(
     jobs: int | None = None,
     progress: Progress | None = None,
     expectations: str | os.PathLike[str] | None = None,
+    shrink: bool = True,
 ) -> Report:
     """Run the contract families (all, or `families`) for `tuners` (all the driver claims, or these) and
     return the report. `isolate=True` runs each tuner in child processes (`conformance.runs`: a crash or a test
@@ -60,7 +62,10 @@ def check(
     one per CPU core); `False` runs them in this process. `verify`: run the repros of the `fail` / `error` rows in
     clean subprocesses and set `repro_verified` (`verify_repros`). `progress` receives one-line progress messages
     (default: printed to stderr). `expectations`: a TOML file of known deviations (`conformance.expectations`): the
-    rows they match become `xfail` / `xpass`, and each stale or unused entry is warned about (UserWarning)."""
+    rows they match become `xfail` / `xpass`, and each stale or unused entry is warned about (UserWarning).
+    `stop_on_first_fail`: end at the first `fail` row (an `error` row does not end the run). `shrink=False`: failing
+    examples are not minimised — sooner, but a row's example is the first failing one found, and a test whose
+    examples fail in two ways (an exception and a violation) reports only the first (the targeted mutant runs)."""
     expected = load_expectations(expectations) if expectations is not None else []
     spec = driver_spec(driver)
     instance = load_driver(spec)
@@ -72,7 +77,7 @@ def check(
     args = [
         *files, "-p", "no:cacheprovider", "-p", "no:timeout", "-q", f"--impl={spec}",
         f"--hypothesis-profile=tunerspec-{profile}", f"--tunerspec-seed={seed}", "-W", "ignore",
-        *(["-x"] if stop_on_first_fail else []),
+        *(["--tunerspec-stop-on-fail"] if stop_on_first_fail else []), *([] if shrink else ["--tunerspec-no-shrink"]),
     ]  # fmt: skip
     if isolate:
         report_progress = progress or _print_progress
@@ -106,12 +111,12 @@ def _child_env() -> dict[str, str]:
 
 
 def verify_repros(rows: Iterable[Row], timeout: float = REPRO_TIMEOUT_S) -> None:
-    """Set `repro_verified` on the `fail` / `error` rows whose repro shows the failure when run alone: one row per
-    (tuner, clause, detail without its numbers) group is run, and its verdict holds for the group's rows with a
-    repro. Rows without a repro keep False."""
+    """Set `repro_verified` on the `fail` / `error` / `warn` rows whose repro shows the failure when run alone: one
+    row per (tuner, clause, detail without its numbers) group is run, and its verdict holds for the group's rows with
+    a repro. Rows without a repro keep False."""
     groups: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
-        if row.status in ("fail", "error") and row.repro:
+        if row.status in FINDINGS and row.repro:
             groups.setdefault((row.tuner, row.clause, strip_numbers(row.detail)), []).append(row)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         verdicts = list(pool.map(lambda group: repro_shows(group[0], timeout), groups.values()))
@@ -121,9 +126,9 @@ def verify_repros(rows: Iterable[Row], timeout: float = REPRO_TIMEOUT_S) -> None
 
 
 def repro_shows(row: Row, timeout: float = REPRO_TIMEOUT_S) -> bool:
-    """Whether the row's repro, run alone (`run_repro`), shows the row's failure (`shows_failure`). A `fail` row's
-    repro without the final check (nothing prints `REPRODUCED: …`) is not run."""
-    if not row.repro or (row.status == "fail" and REPRODUCED not in row.repro):
+    """Whether the row's repro, run alone (`run_repro`), shows the row's failure (`shows_failure`). A `fail` / `warn`
+    row's repro without the final check (nothing prints `REPRODUCED: …`) is not run."""
+    if not row.repro or (row.status != "error" and REPRODUCED not in row.repro):
         return False
     done = run_repro(row.repro, timeout)
     return done is not None and shows_failure(row, done)
@@ -146,9 +151,9 @@ def run_repro(snippet: str, timeout: float = REPRO_TIMEOUT_S) -> subprocess.Comp
 
 
 def shows_failure(row: Row, done: subprocess.CompletedProcess) -> bool:
-    """A `fail` row's repro printed a line `REPRODUCED: …` (the observed element differs from SPEC's as the suite
-    saw); an `error` row's repro ended with a traceback of the row's exception type."""
-    if row.status == "fail":
+    """A `fail` / `warn` row's repro printed a line `REPRODUCED: …` (the observed element differs from SPEC's as the
+    suite saw); an `error` row's repro ended with a traceback of the row's exception type."""
+    if row.status != "error":
         return done.returncode == 0 and any(line.startswith(REPRODUCED) for line in done.stdout.splitlines())
     name = re.match(r"([A-Za-z_][\w.]*):", row.detail)
     last = (done.stderr.strip().splitlines() or [""])[-1]

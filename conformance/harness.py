@@ -33,6 +33,44 @@ class Holder(nn.Module):
         return self.layer(x)
 
 
+class Bundle(nn.Module):
+    """Base modules under the given dotted keys (plain `nn.Module` containers in between); `forward` applies every leaf
+    to `x` and concatenates the outputs in key order. It has no `config.model_type` (a plain torch model)."""
+
+    def __init__(self, leaves: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.leaf_keys = list(leaves)
+        for key, module in leaves.items():
+            parent: nn.Module = self
+            *path, last = key.split(".")
+            for part in path:
+                if part not in parent._modules:
+                    parent.add_module(part, nn.Module())
+                parent = parent._modules[part]
+            parent.add_module(last, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.get_submodule(key)(x) for key in self.leaf_keys], dim=-1)
+
+
+class Rig(nn.Module):
+    """`layer` (plus `inner.layer`, summed, for a twin), then an optional `head` module: the smallest model where a
+    `modules_to_save` module sits on the output path. A head is `Linear(out, out)`, or a 1×1 convolution of the
+    layer's kind for convolutions."""
+
+    def __init__(self, first: nn.Module, second: nn.Module | None = None, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.layer = first
+        self.inner = None if second is None else Holder(second)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        if self.inner is not None:
+            y = y + self.inner(x)
+        return y if self.head is None else self.head(y)
+
+
 @dataclass
 class AdaptedLayer:
     row: RowSpec

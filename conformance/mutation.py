@@ -65,8 +65,9 @@ def run_matrix(
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Run every mutant against all families of its tuner (each in a child process, no stopping, repros not
-    verified) and return the matrix (`matrix`). Results in `done` (an earlier run's, same spec and tuner) are kept
-    instead of rerun; `on_update` gets the matrix so far after each mutant (a long run can be resumed)."""
+    verified) and return the matrix (`matrix`). Results in `done` (an earlier run's, same spec
+    and tuner) are kept instead of rerun; `on_update` gets the matrix so far after each mutant (a long run can be
+    resumed)."""
     mutants = list(mutants)
     kept = {(r["spec"], r["tuner"]): r for r in done}
     results = {(m.spec, m.tuner): kept[m.spec, m.tuner] for m in mutants if (m.spec, m.tuner) in kept}

@@ -97,6 +97,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--tunerspec-seed", type=int, default=None,
         help="seed every contract test's hypothesis run with this (same seed and profile: same rows)",
     )  # fmt: skip
+    group.addoption(
+        "--tunerspec-stop-on-fail", action="store_true",
+        help="end the session after the first `fail` row (an `error` row does not end it)",
+    )  # fmt: skip
+    group.addoption(
+        "--tunerspec-no-shrink", action="store_true",
+        help="do not shrink failing examples: a `fail` row keeps the first failing example found (mutant runs)",
+    )  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -156,13 +164,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Every contract test's examples restart the driver's call log (`_per_example`). `--tunerspec-seed`:
     hypothesis's own `seed` decorator on every contract test (it takes precedence over the profile's `derandomize`,
     which otherwise fixes the examples per test function). `--tunerspec-resume`: the rows the log already holds are
-    deselected."""
+    deselected. `--tunerspec-no-shrink`: the profile's settings without the shrink phase (a failing row's verdict is
+    the same; its example is not minimised)."""
     log = config.getoption("--tunerspec-rows")
     if log and config.getoption("--tunerspec-resume"):
         done = rowlog.read(log).done
         config.hook.pytest_deselected(items=[item for item in items if item.nodeid in done])
         items[:] = [item for item in items if item.nodeid not in done]
-    value = config.getoption("--tunerspec-seed")
+    value, no_shrink = config.getoption("--tunerspec-seed"), config.getoption("--tunerspec-no-shrink")
     for function in {id(item.obj): item.obj for item in items if _row(item) is not None}.values():
         if not getattr(function, "is_hypothesis_test", False):  # a test running @given inside keeps derandomize
             continue
@@ -171,6 +180,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             handle.inner_test = _per_example(handle.inner_test)
         if value is not None:
             hypothesis.seed(value)(function)
+        _set_shrinking(function, not no_shrink)
+
+
+def _set_shrinking(function: Callable[..., Any], shrink: bool) -> None:
+    """The test's own settings (kept from its first run in this process), without the shrink phase unless `shrink`:
+    in-process runs share the imported test functions, so every run sets the phases it wants."""
+    if not hasattr(function, "_tunerspec_settings"):
+        function._tunerspec_settings = function._hypothesis_internal_use_settings
+    own = function._tunerspec_settings
+    phases = own.phases if shrink else tuple(phase for phase in own.phases if phase is not Phase.shrink)
+    function._hypothesis_internal_use_settings = settings(own, phases=phases)
 
 
 def _per_example(inner: Callable[..., Any]) -> Callable[..., Any]:
@@ -256,6 +276,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if status == "fail" and row.clause.endswith(SHOULD):
         status = "warn"  # a SHOULD part not met: reported, not a test failure
         report.outcome, report.longrepr = "passed", None
+    if status == "fail" and item.config.getoption("--tunerspec-stop-on-fail"):
+        item.session.shouldstop = f"first fail row: {row.clause}"
     result = {**_row_fields(row), "status": status, "detail": detail, "repro": repro}
     item.config.stash[RESULTS].append(result)
     item.user_properties += [("tunerspec_clause", row.clause), ("tunerspec_status", status)]  # for --junitxml
@@ -325,7 +347,8 @@ def _repro(recorder: RecordingDriver, row: RowSpec, failure: BaseException | Non
     if all(r.method in READ_ONLY for r in records):
         return _old_style_repro(recorder, row, failure, context)
     seed = context.seed if context is not None else None
-    seeds = () if seed is None else (seed, seed + 7)  # the seeds `build_base` is given (a Twin's second: seed + 7)
+    # the seeds `build_base` is given (a Twin's second: seed + 7; a Rig's head: seed + 5)
+    seeds = () if seed is None else (seed, seed + 7, seed + 5)
     calls, primary = _case_calls(records, seeds)
     model_code = _model_code(primary, context, seeds) if primary is not None else "import torch, transformers"
     if model_code is None and context is not None:
@@ -445,7 +468,7 @@ def _case_calls(
             else:
                 result = Ref(fresh("model" if isinstance(record.result, nn.Module) else "config"))
             refs[id(record.result)] = result
-        calls.append(Call(record.method, arguments, result, raised=not record.returned))
+        calls.append(Call(record.method, arguments, result, not record.returned, record.torch_seed, record.files))
     return calls, (primary[0] if primary else None)
 
 

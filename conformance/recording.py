@@ -14,6 +14,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,19 +29,26 @@ from .strategies import build_base
 PROTOCOL_METHODS = frozenset(n for n, v in vars(Driver).items() if inspect.isfunction(v) and not n.startswith("_"))
 # The calls whose argument of this name is a base model the snippet has to build.
 BASE_ARGUMENTS = {"adapt": "model", "load": "base_model"}
+# The calls that read the directory given as `directory`: its files are copied as they are when the call begins.
+READS_DIRECTORY = frozenset({"load", "load_adapter"})
+FILES_LIMIT = 1 << 18  # bytes of a directory a recording copies (more: none copied)
 
 
 @dataclass
 class CallRecord:
     """One protocol call: `arguments` bound to the protocol's parameter names (defaults applied), tensors cloned.
     `returned` is False while the call runs and stays False if it raised; `base_state` holds copies of the tensors
-    of the base model passed to `adapt` / `load` (its `state_dict()` before the call)."""
+    of the base model passed to `adapt` / `load` (its `state_dict()` before the call); `torch_seed` is s when torch's
+    CPU generator was in the state `torch.manual_seed(s)` leaves when the call began (None otherwise); `files` the
+    files of the directory a `load` / `load_adapter` reads (relative path → bytes), as they were then."""
 
     method: str
     arguments: dict[str, Any]
     result: Any = None
     returned: bool = False
     base_state: dict[str, torch.Tensor] | None = None
+    torch_seed: int | None = None
+    files: dict[str, bytes] | None = None
 
 
 class RecordingDriver:
@@ -93,6 +101,9 @@ class RecordingDriver:
                 record = CallRecord(name, _bind(name, args, kwargs), base_state=_base_state(name, args, kwargs))
             except Exception:  # what cannot be copied is not recorded; the call itself goes ahead untouched
                 record = CallRecord(name, {})
+            record.torch_seed = fresh_torch_seed()
+            if name in READS_DIRECTORY:
+                record.files = directory_files(record.arguments.get("directory"))
             self.calls.append(record)
             _MADE[0] += 1
             result = method(*args, **kwargs)  # no try: an exception propagates untouched (record.returned stays False)
@@ -112,6 +123,24 @@ def calls_made() -> int:
     """How many protocol calls recorders have logged in this process: read before and after an operation, it says
     whether the operation went through the driver (its last driver call is then the log's last)."""
     return _MADE[0]
+
+
+def fresh_torch_seed() -> int | None:
+    """The seed s when torch's CPU generator is exactly as `torch.manual_seed(s)` left it (no number drawn since)."""
+    generator = torch.default_generator
+    seed = generator.initial_seed()
+    fresh = torch.Generator().manual_seed(seed)
+    return seed if torch.equal(generator.get_state(), fresh.get_state()) else None
+
+
+def directory_files(directory: Any) -> dict[str, bytes] | None:
+    """The files under `directory` by relative path, with their bytes; None where it is no directory or too large."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    paths = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    if sum(p.stat().st_size for p in paths) > FILES_LIMIT:
+        return None
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in paths}
 
 
 def _current_example() -> object | None:
@@ -183,6 +212,19 @@ _TWIN = [
     "    def forward(self, x):",
     "        return self.layer(x) + self.inner(x)",
 ]
+_RIG = [
+    "class Rig(nn.Module):",
+    "    def __init__(self, first, second=None, head=None):",
+    "        super().__init__()",
+    "        self.layer = first",
+    "        self.inner = None if second is None else Holder(second)",
+    "        self.head = head",
+    "    def forward(self, x):",
+    "        y = self.layer(x)",
+    "        if self.inner is not None:",
+    "            y = y + self.inner(x)",
+    "        return y if self.head is None else self.head(y)",
+]
 _BUNDLE = [
     "class Bundle(nn.Module):",
     "    def __init__(self, leaves):",
@@ -205,12 +247,12 @@ LITERAL_LIMIT = 4096  # tensor elements a repro may write out literally (more: n
 
 
 def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], seeds: Iterable[int] = ()) -> str | None:
-    """Source binding `var` to a `Holder`, a `Twin` or a config contract's `Bundle` of Linear / Conv1d-3d /
+    """Source binding `var` to a `Holder`, a `Twin`, a `Rig` or a `Bundle` of Linear / Conv1d-3d /
     transformers Conv1D layers with the tensors `state` (the model's `state_dict()` as it was passed): each layer
     built as `strategies.build_base` does where one of `seeds` gives exactly those tensors, else written out.
     `module` is the live model, whose tuner layers are looked through (`base_layer`) for the geometry. None for any
     other model, or too many literals."""
-    from .harness import Holder
+    from .harness import Bundle, Holder, Rig
     from .scenes import Twin
 
     if type(module) is Holder:
@@ -219,7 +261,13 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
     elif type(module) is Twin and type(module.inner) is Holder:
         leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _HOLDER + _TWIN
         wrapper = f"{var} = Twin({var}_layer, {var}_inner_layer)"
-    elif _is_bundle(module):
+    elif type(module) is Rig and (module.inner is None or type(module.inner) is Holder):
+        inner = None if module.inner is None else module.inner.layer
+        parts = {"layer": module.layer, "inner.layer": inner, "head": module.head}
+        leaves, classes = {key: leaf for key, leaf in parts.items() if leaf is not None}, _HOLDER + _RIG
+        arguments = (_leaf_var(var, key) if key in leaves else "None" for key in parts)
+        wrapper = f"{var} = Rig({', '.join(arguments)})"
+    elif type(module) is Bundle:
         leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, _BUNDLE
         wrapper = f"{var} = Bundle({{{', '.join(f'{key!r}: {_leaf_var(var, key)}' for key in leaves)}}})"
     else:
@@ -258,15 +306,6 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
 
 def _leaf_var(var: str, key: str) -> str:
     return f"{var}_{key.replace('.', '_')}"
-
-
-def _is_bundle(module: nn.Module) -> bool:
-    """The config contracts' `Bundle` (leaves under dotted keys, plain `nn.Module` containers in between)."""
-    try:
-        from .contracts.test_config import Bundle
-    except ImportError:  # the contracts are not importable outside the package
-        return False
-    return type(module) is Bundle
 
 
 def _geometry(leaf: nn.Module) -> tuple[Layer, str] | None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from . import coverage
-from .assertions import Context, assert_close_to_oracle, assert_equal, fail
+from .assertions import Context, assert_close_to_oracle, assert_equal, fail, unwarned
 from .drivers.base import Driver
 from .harness import KEY, Holder, claimed_layers, require_base_runs
 from .rows import RowSpec
@@ -242,7 +242,11 @@ def assert_warned(context: Context, what: str, caught: list[warnings.WarningMess
     if not user_warnings(caught, subject):
         seen = [f"{w.category.__name__}: {w.message}" for w in caught]
         naming = f" naming {subject!r}" if subject else ""
-        fail(context, f"{what} emitted no UserWarning{naming}, but should warn (warnings emitted: {seen})")
+        fail(
+            context,
+            f"{what} emitted no UserWarning{naming}, but should warn (warnings emitted: {seen})",
+            unwarned((subject,) if subject else (), seen),
+        )
 
 
 def assert_unchanged(

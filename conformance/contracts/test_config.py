@@ -33,7 +33,7 @@ from conformance.assertions import (
 )
 from conformance.assertions import fail as clause_fail
 from conformance.drivers.base import Driver, TunerCapabilities
-from conformance.harness import KEY, claims_of, clause_variants
+from conformance.harness import KEY, Bundle, claims_of, clause_variants
 from conformance.models import MODELS
 from conformance.recording import calls_made
 from conformance.rows import SHOULD, RowSpec
@@ -193,26 +193,6 @@ def warning_lines(caught: list) -> list[str]:
 
 
 # ---- models of our own ------------------------------------------------------------------------------------------
-
-
-class Bundle(nn.Module):
-    """Base modules under the given dotted keys (plain `nn.Module` containers in between); `forward` applies every leaf
-    to `x` and concatenates the outputs in key order. It has no `config.model_type` (a plain torch model)."""
-
-    def __init__(self, leaves: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.leaf_keys = list(leaves)
-        for key, module in leaves.items():
-            parent: nn.Module = self
-            *path, last = key.split(".")
-            for part in path:
-                if part not in parent._modules:
-                    parent.add_module(part, nn.Module())
-                parent = parent._modules[part]
-            parent.add_module(last, module)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.get_submodule(key)(x) for key in self.leaf_keys], dim=-1)
 
 
 def bundle(geometry: dict[str, Layer], seed: int, dtype: str = "float32") -> Bundle:
@@ -1146,7 +1126,8 @@ def test_per_module_resolution(row, driver, data):
             resolved = record.resolve(config, key)
             shapes = {n: tuple(t.shape) for n, t in driver.get_params(adapted, key, "default").items()}
             expected = record.oracle.param_shapes(resolved, layer)
-            assert_equal(ctx, f"parameter shapes on {key!r} (resolved {_resolved_view(resolved)})", shapes, expected)
+            what = f"parameter shapes on {key!r} (resolved {_resolved_view(resolved)})"
+            assert_equal(ctx, what, shapes, expected, "shapes")
             driver.set_params(adapted, key, "default", record.perturb(resolved, layer, shapes, generator))
             params = {n: t.double() for n, t in driver.get_params(adapted, key, "default").items()}
             adapters[key] = Adapter(resolved, params)

@@ -18,9 +18,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 
-from conformance.assertions import Context, assert_close_to_oracle, assert_equal, fail
+from conformance.assertions import Context, assert_close_to_oracle, assert_equal, fail, outcome
 from conformance.drivers.base import Driver
 from conformance.harness import KEY, AdaptedLayer, adapt_layer
+from conformance.recording import calls_made
 from conformance.rows import RowSpec
 from conformance.spec.layer import op
 from conformance.spec.records import RECORDS
@@ -154,13 +155,20 @@ def _check_merged(driver: Driver, adapted: AdaptedLayer, tol_dtype: str) -> None
         )
 
 
-def _run(adapted: AdaptedLayer, what: str, call: Callable[[], Any]) -> Any:
-    """CORE-DTYPE-3 requires these operations to run without error: an exception is the violation itself."""
+def _run(adapted: AdaptedLayer, what: str, call: Callable[[], Any], forward: bool = False) -> Any:
+    """CORE-DTYPE-3 requires these operations to run without error: an exception is the violation itself. `forward`:
+    the call is the current model's eval-mode forward on `x` (what a repro runs again), else a driver call."""
     __tracebackhide__ = True
+    before = calls_made()
     try:
         return call()
     except Exception as exc:
-        fail(adapted.context, f"{what} raised {type(exc).__name__}: {exc}, but should run without error")
+        raised = outcome("raised", "", type(exc).__name__, before)
+        fail(
+            adapted.context,
+            f"{what} raised {type(exc).__name__}: {exc}, but should run without error",
+            replace(raised, target="output") if forward else raised,
+        )
 
 
 def _check_finite(adapted: AdaptedLayer, what: str, tensor: torch.Tensor | None) -> None:
@@ -236,7 +244,7 @@ def test_half_precision_runs_finite(row, driver, data):
     with torch.no_grad():
         assume(bool(torch.isfinite(_base(driver, adapted)(x)).all()))
     x_in = x.clone().requires_grad_(True)
-    y = _run(adapted, "forward", lambda: model(x_in))
+    y = _run(adapted, "forward", lambda: model(x_in), forward=True)
     _check_finite(adapted, "output", y)
     _run(adapted, "backward", lambda: y.float().sum().backward())
     _check_finite(adapted, "x.grad", x_in.grad)
@@ -247,14 +255,16 @@ def test_half_precision_runs_finite(row, driver, data):
         _run(adapted, label, lambda safe=safe: driver.merge(model, safe=safe))
         _check_base_finite(driver, adapted, label)
         with torch.no_grad():
-            _check_finite(adapted, f"output after {label}", _run(adapted, f"forward after {label}", lambda: model(x)))
+            y = _run(adapted, f"forward after {label}", lambda: model(x), forward=True)
+            _check_finite(adapted, f"output after {label}", y)
         _run(adapted, f"unmerge after {label}", lambda: driver.unmerge(model))
         _check_base_finite(driver, adapted, f"unmerge after {label}")
     plain = _run(adapted, "merge_and_unload", lambda: driver.merge_and_unload(model))
     for name, param in plain.named_parameters():
         _check_finite(adapted, f"{name} after merge_and_unload", param)
     with torch.no_grad():
-        _check_finite(adapted, "output after merge_and_unload", _run(adapted, "unloaded forward", lambda: plain(x)))
+        y = _run(adapted, "unloaded forward", lambda: plain(x), forward=True)
+        _check_finite(adapted, "output after merge_and_unload", y)
 
 
 @pytest.mark.contract("CORE-DTYPE-4", axes=("dtype",), dtypes=("float64",))

@@ -315,8 +315,10 @@ def test_conv_output_shape(row, driver, data):
             expected = _forward(base, x).shape
         except RuntimeError:
             continue  # the base layer does not accept this input: nothing is required
+        adapted.context.shapes["x"] = tuple(x.shape)  # the input a repro rebuilds (`random_tensor`, seed + 1)
         y = _accepted(adapted.context, adapted.model, x, "an input the base layer accepts")
-        assert_equal(adapted.context, f"output shape for input {tuple(x.shape)}", tuple(y.shape), tuple(expected))
+        what = f"output shape for input {tuple(x.shape)}"
+        assert_equal(adapted.context, what, tuple(y.shape), tuple(expected), "output")
 
 
 class Both(nn.Module):
@@ -988,7 +990,11 @@ def test_hra_conv(row, driver, data):
     )
     y = _forward(adapted.model, x)
     assert_equal(
-        adapted.context, "output shape", tuple(y.shape), tuple(_forward(_base(driver, adapted.model), x).shape)
+        adapted.context,
+        "output shape",
+        tuple(y.shape),
+        tuple(_forward(_base(driver, adapted.model), x).shape),
+        "output",
     )
     _close(
         adapted.context,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.autograd.gradcheck import GradcheckError
 
 from conformance.assertions import assert_close_to_oracle, fail
-from conformance.drivers.base import Driver
+from conformance.drivers.base import Discrepancy, Driver
 from conformance.harness import KEY, AdaptedLayer, adapt_layer
 from conformance.scenes import fill_row
 from conformance.spec.layer import Adapter, Layer, op
@@ -57,7 +57,12 @@ def _implementation_backward(
     x_in = x.detach().clone().requires_grad_(True)
     y = adapted.model(x_in)
     if tuple(y.shape) != tuple(weights.shape):
-        fail(adapted.context, f"output has shape {tuple(y.shape)}, but should have shape {tuple(weights.shape)}")
+        shapes = tuple(weights.shape), tuple(y.shape)
+        fail(
+            adapted.context,
+            f"output has shape {shapes[1]}, but should have shape {shapes[0]}",
+            Discrepancy("output", (), *shapes, 0.0, "output", kind="shape"),
+        )
     _loss(y, weights).backward()
     x_grad = torch.zeros_like(x_in) if x_in.grad is None else x_in.grad
     return y, x_grad
@@ -94,6 +99,7 @@ def _check_parameter_gradients(adapted: AdaptedLayer, driver: Driver, data: st.D
             expected=expected,
             tol=tol,
             scale=scale(expected),
+            observe={"target": "grad", "name": name, "mode": mode, "weights_seed": adapted.seed + 3},
         )
     if with_x:
         assert_close_to_oracle(

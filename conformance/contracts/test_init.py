@@ -16,9 +16,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 
-from conformance.assertions import Context, assert_close_to_oracle, assert_equal
+from conformance.assertions import Context, assert_close_to_oracle, assert_equal, unwarned
 from conformance.assertions import fail as clause_fail
-from conformance.drivers.base import Driver, TunerCapabilities
+from conformance.drivers.base import Discrepancy, Driver, TunerCapabilities
 from conformance.harness import (
     KEY,
     adapt_module,
@@ -154,7 +154,9 @@ def assert_warned(context: Context, messages: list[str], subjects: tuple[str, ..
     __tracebackhide__ = True
     if not any(s.lower() in m.lower() for m in messages for s in subjects):
         clause_fail(
-            context, f"no UserWarning naming {' or '.join(map(repr, subjects))} {when}; warnings seen: {messages}"
+            context,
+            f"no UserWarning naming {' or '.join(map(repr, subjects))} {when}; warnings seen: {messages}",
+            unwarned(subjects, messages),
         )
 
 
@@ -254,11 +256,14 @@ def check_values(context: Context, name: str, value: torch.Tensor, init: Init) -
         largest = value.detach().double().abs().max().item() if value.numel() else 0.0
         if largest > limit:
             outside = int((value.detach().double().abs() > limit).sum())
+            where = tuple(int(i) for i in torch.unravel_index(value.detach().double().abs().argmax(), value.shape))
             clause_fail(
                 context,
                 f"{name}: |sample| = {largest:.6g}, but every sample of U(±{init.bound:.6g}) should be ≤ {limit:.6g} "
                 f"({outside} of {value.numel()} outside)",
-            )
+                Discrepancy(f"{name}, a sample of U(±{init.bound:.6g}),", where, 0.0, value[where].item(), limit,
+                            "param", KEY, name=name),
+            )  # fmt: skip
 
 
 def check_moments(context: Context, name: str, units: torch.Tensor, init: Init) -> None:

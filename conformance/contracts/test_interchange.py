@@ -21,9 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conformance.assertions import Context, assert_close_to_oracle, assert_equal, assert_raises_clause, fail
+from conformance.assertions import Context, assert_close_to_oracle, assert_equal, assert_raises_clause, fail, outcome
 from conformance.drivers.base import Driver
 from conformance.harness import KEY, Holder, require_base_runs
+from conformance.recording import calls_made
 from conformance.rows import RowSpec
 from conformance.scenes import assert_warned, caught_warnings, fill_row
 from conformance.spec import checkpoint as ckpt
@@ -297,12 +298,14 @@ def test_bone_checkpoint_without_bone(row, driver, data):
     holder: list[nn.Module] = []
     with tempfile.TemporaryDirectory() as tmp:
         src = golden.write(os.path.join(tmp, "bone"))
+        before = calls_made()
         try:
             caught = caught_warnings(lambda: holder.append(driver.load(golden.base(), src, convert=False)))
         except Exception as exc:  # rejected: the message must name the conversion
             if not re.search("convert", str(exc), re.IGNORECASE):
+                unnamed = outcome("unnamed", ("convert",), type(exc).__name__, before)
                 fail(ctx, f"loading a BONE directory raised {type(exc).__name__}({exc}), which does not name the "
-                          "conversion to MiSS")  # fmt: skip
+                          "conversion to MiSS", unnamed)  # fmt: skip
             return
     noted = [w for w in caught if issubclass(w.category, DEPRECATION) and re.search("bone", str(w.message), re.I)]
     if not noted:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import pickle
 import string
@@ -34,8 +35,8 @@ from conformance.assertions import (
     assert_raises_clause,
     fail,
 )
-from conformance.drivers.base import Driver
-from conformance.harness import KEY, Holder, claims_of, optional_geometry_ok, require_base_runs
+from conformance.drivers.base import Discrepancy, Driver
+from conformance.harness import KEY, Holder, Rig, claims_of, optional_geometry_ok, require_base_runs
 from conformance.models import LLAMA, MODELS
 from conformance.rows import RowSpec
 from conformance.scenes import (
@@ -67,24 +68,6 @@ HEAD = "head"  # the modules_to_save target of a `Rig`
 
 # ---------------------------------------------------------------------------------------------------------------
 # A small network with an optional modules_to_save head (scenes.build makes a Holder or a Twin, without a head)
-
-
-class Rig(nn.Module):
-    """`layer` (plus `inner.layer`, summed, for a twin), then an optional `head` module: the smallest model where a
-    `modules_to_save` module sits on the output path. A head is `Linear(out, out)`, or a 1×1 convolution of the
-    layer's kind for convolutions."""
-
-    def __init__(self, first: nn.Module, second: nn.Module | None = None, head: nn.Module | None = None) -> None:
-        super().__init__()
-        self.layer = first
-        self.inner = None if second is None else Holder(second)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(x)
-        if self.inner is not None:
-            y = y + self.inner(x)
-        return y if self.head is None else self.head(y)
 
 
 def head_geometry(layer: Layer) -> Layer:
@@ -213,7 +196,12 @@ def assert_trainability(
         wrong = sorted(p for p, flag in flags.items() if flag != want)
         if wrong:
             state = "trainable" if want else "frozen"
-            fail(ctx, f"{when}: parameters {wrong} of adapter {name!r} on {key!r} should be {state} ({flags})")
+            fail(
+                ctx,
+                f"{when}: parameters {wrong} of adapter {name!r} on {key!r} should be {state} ({flags})",
+                Discrepancy(f"requires_grad of adapter {name!r} on {key!r}", (), ({p: want for p in flags},), flags,
+                            0.0, "requires_grad", key, kind="differs", adapter=name),
+            )  # fmt: skip
 
 
 def snapshot(driver: Driver, scene: Scene, names: Iterable[str]) -> dict:
@@ -587,10 +575,17 @@ def test_delete_active_adapter(row, driver, data):
     lists = {key: driver.layer_state(model, key).active_adapters for key in keys}
     chosen = {name for names_ in lists.values() for name in names_}
     if len(chosen) != 1 or not chosen <= {inner_only, last} or any(len(v) > 1 for v in lists.values()):
+        admissible = [  # one remaining adapter, on every layer or on some (none longer than one name)
+            dict(zip(keys, lists_, strict=True))
+            for name in (inner_only, last)
+            for lists_ in itertools.product([[], [name]], repeat=len(keys))
+            if any(lists_)
+        ]
         fail(
             ctx,
             f"after deleting every active adapter the active lists are {lists}, but should name one remaining "
             f"adapter ({inner_only!r} or {last!r}), the same on every layer",
+            Discrepancy("the active adapters of each layer", (), admissible, lists, 0.0, "active", kind="differs"),
         )
 
 

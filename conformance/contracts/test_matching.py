@@ -25,7 +25,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from conformance.assertions import Context, assert_raises_clause, fail
-from conformance.drivers.base import Case, Driver
+from conformance.drivers.base import Case, Discrepancy, Driver
 from conformance.harness import claims_of
 from conformance.models import LLAMA, MODELS
 from conformance.rows import RowSpec
@@ -251,7 +251,12 @@ def assert_adapted(context: Context, what: str, adapted: list[str], expected: It
     __tracebackhide__ = True
     diff = differences(adapted, expected)
     if diff:
-        fail(context, f"{what}: the adapted modules are not SPEC's selection of {len(set(expected))} modules: {diff}")
+        fail(
+            context,
+            f"{what}: the adapted modules are not SPEC's selection of {len(set(expected))} modules: {diff}",
+            Discrepancy("the adapted modules", (), (sorted(set(expected)),), sorted(adapted), 0.0, "adapted",
+                        kind="differs"),
+        )  # fmt: skip
 
 
 def selection(kinds: Mapping[str, str], config: Mapping) -> set[str]:
@@ -263,13 +268,21 @@ def selection(kinds: Mapping[str, str], config: Mapping) -> set[str]:
 
 
 def check_selection(row: RowSpec, driver: Driver, data: st.DataObject, fields: dict, what: str) -> None:
-    """Adapt the synthetic model with a drawn config plus `fields`; the adapted modules are SPEC's selection."""
+    """Adapt the synthetic model with a drawn config plus `fields`; the adapted modules are SPEC's selection (a
+    TypeError / ValueError where SPEC selects some is a violation too)."""
     config = {**draw_config(row, driver, data), **fields}
     kinds = with_containers(ZOO)
     expected = selection(kinds, config)
     assume(expected)  # nothing targeted is CORE-MATCH-9's case
     context = context_for(row, driver, {"default": config}, tree_code(ZOO))
-    model = adapt(driver, row, build_tree(ZOO), config)
+    try:
+        model = adapt(driver, row, build_tree(ZOO), config)
+    except (TypeError, ValueError) as exc:  # SPEC selects modules: refusing the config leaves them unadapted
+        fail(
+            context,
+            f"{what}: injection raised {type(exc).__name__}({exc}), but SPEC selects {sorted(expected)}",
+            Discrepancy("the adapted modules", (), "", type(exc).__name__, 0.0, "call", kind="raised"),
+        )
     assert_adapted(context, what, driver.adapted_modules(model), expected)
 
 
@@ -410,7 +423,7 @@ def all_linear_case(driver: Driver, row: RowSpec, name: str) -> tuple[nn.Module,
 def test_all_linear(row, driver, data):
     """CORE-MATCH-5: "all-linear" (any case) targets every torch Linear and transformers Conv1D except the LM head
     of a transformers model and, for task_type SEQ_CLS, its classification head (never a Conv2d, an Embedding or a
-    norm)."""
+    norm); rejecting a spelling violates it too."""
     names = ["zoo", "llama", "llama_seq_cls"] + (["gpt2"] if supports(driver, row, "hf_conv1d") else [])
     name = data.draw(st.sampled_from(names), label="model")
     spelling = data.draw(st.sampled_from(SPELLINGS), label="spelling")
@@ -418,7 +431,11 @@ def test_all_linear(row, driver, data):
     kind = "hf_conv1d" if name == "gpt2" else "linear"
     config = {**draw_config(row, driver, data, kind), **fields, "target_modules": spelling}
     context = context_for(row, driver, {"default": config}, code)
-    adapted = driver.adapted_modules(adapt(driver, row, model, config))
+    try:
+        peft_model = adapt(driver, row, model, config)
+    except (TypeError, ValueError) as exc:  # "any case": a spelling read as a regex matching nothing, say
+        fail(context, f"target_modules={spelling!r} on {name} was rejected ({type(exc).__name__}: {exc})")
+    adapted = driver.adapted_modules(peft_model)
     assert_adapted(context, f"target_modules={spelling!r} on {name}", adapted, expected)
 
 

@@ -178,24 +178,32 @@ def test_merged_output_equals_unmerged(row, driver, data):
 @given(data=st.data())
 def test_merged_forward_uses_merged_weights_only(row, driver, data):
     """CORE-FWD-9: while an adapter is merged, the layer computes op(x; W_merged, b_merged) with the live base
-    tensors and applies no unmerged adapter, active or not."""
+    tensors and applies no unmerged adapter, active or not; that output equals the unmerged forward with active list
+    = merged_adapters."""
     require_lifecycle(driver, row)
     scene = scene_for(row, driver, data, ("default", SECOND), dtypes=ALL_DTYPES)
-    driver.set_active(scene.model, scene.names)
     merged_name = data.draw(st.sampled_from(scene.names), label="merged adapter")
-    driver.merge(scene.model, [merged_name])
     x = scene.input(data)
+    driver.set_active(scene.model, [merged_name])
+    with torch.no_grad():
+        unmerged = scene.model(x)
+    driver.set_active(scene.model, scene.names)
+    driver.merge(scene.model, [merged_name])
     with torch.no_grad():
         y = scene.model(x)
-    expected = scene.expected_output(x, {KEY: scene.tensors(driver)})
-    assert_close_to_oracle(
-        context=scene.context,
-        what=f"output with {merged_name!r} merged and {scene.names} active",
-        actual=y,
-        expected=expected,
-        tol=tolerance("N", scene.setup.row.dtype),
-        scale=scale(expected),
-    )
+    what = f"output with {merged_name!r} merged and {scene.names} active"
+    for versus, expected in (
+        ("op(x; W_merged, b_merged)", scene.expected_output(x, {KEY: scene.tensors(driver)})),
+        (f"the unmerged output with active [{merged_name!r}]", unmerged),
+    ):
+        assert_close_to_oracle(
+            context=scene.context,
+            what=f"{what} vs {versus}",
+            actual=y,
+            expected=expected,
+            tol=tolerance("N", scene.setup.row.dtype),
+            scale=scale(expected),
+        )
 
 
 def check_merged_weight(row: RowSpec, driver: Driver, data: st.DataObject) -> None:

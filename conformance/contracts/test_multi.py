@@ -17,7 +17,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from conformance.assertions import assert_close_to_oracle, assert_equal, assert_raises_clause, fail
-from conformance.drivers.base import Driver
+from conformance.drivers.base import Discrepancy, Driver
 from conformance.harness import KEY, claimed_layers, claims_of, clause_variants, usable_kinds, with_common_factor
 from conformance.rows import RowSpec
 from conformance.scenes import SECOND, THIRD, Scene, Setup, build, fill_row, require_lifecycle
@@ -138,6 +138,7 @@ def check_composition(
             scene.context,
             f"the forward with several modes ({kinds}) raised {type(exc).__name__}({exc}): once `add_adapter` "
             f"accepted them, {row.clause}'s rule must be followed (or the adapter rejected at add_adapter)",
+            Discrepancy("output", (), "", type(exc).__name__, 0.0, "output", kind="raised"),  # the forward on x
         )
 
 

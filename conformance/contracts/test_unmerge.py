@@ -5,6 +5,7 @@ BAT's inverse and its singular case (BONE-BAT-3/4), HRA's transpose (HRA-MERGE-2
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -269,12 +270,17 @@ def test_ia3_zero_entries_stay_zero(row, driver, data):
             assert_equal(ctx, f"base {part} entries scaled by l = 0, after {step}", values, torch.zeros_like(values))
 
 
+# IA3-MERGE-5's explicit warning says that non-finite values were produced ("inaccurate" does not).
+NON_FINITE_WORDING = re.compile(r"non-?finite|not finite|\bnan\b|\binf\b|infinit", re.IGNORECASE)
+
+
 @pytest.mark.contract("IA3-MERGE-5")
 @given(data=st.data())
 def test_ia3_unmerge_never_silently_non_finite(row, driver, data):
     """IA3-MERGE-5: unmerging an adapter with an entry l = −1e-8 (divisor l + 1e-8 = 0) never writes non-finite
     values silently: it raises ValueError naming the adapter before changing its tensors (which stay merged), or
-    warns naming the adapter that non-finite values were produced."""
+    warns explicitly, naming the adapter, that non-finite values were produced (IA3-MERGE-3's general inaccuracy
+    warning does not count)."""
     row = fill_row(row, driver, data, dtypes=("float64", "float32"))
     setup = draw_setup(driver, row, data, (SECOND,))
     entry_seed = data.draw(st.integers(0, 2**16), label="entry")
@@ -309,5 +315,10 @@ def test_ia3_unmerge_never_silently_non_finite(row, driver, data):
         return
     now = scene.tensors(driver)
     finite = all(t is None or bool(torch.isfinite(t).all()) for t in now)
-    if not finite and not user_warnings(list(caught), SECOND):
-        fail(ctx, f"unmerge() wrote non-finite values silently (no ValueError, no warning naming {SECOND!r})")
+    explicit = [w for w in user_warnings(list(caught), SECOND) if NON_FINITE_WORDING.search(str(w.message))]
+    if not finite and not explicit:
+        fail(
+            ctx,
+            f"unmerge() wrote non-finite values silently (no ValueError, no warning naming {SECOND!r} that says "
+            "non-finite values were produced)",
+        )

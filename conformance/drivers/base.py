@@ -7,6 +7,7 @@ and never fixes values; the oracle is always evaluated on the values read back t
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -66,12 +67,15 @@ class Ref:
 class Call:
     """One driver call of the failing example: the protocol method, its arguments by the protocol's parameter names
     (defaults applied; tensors as values, models and configs as `Ref`s), the `Ref` its result is bound to (models
-    and configs only), and whether it raised."""
+    and configs only), whether it raised, the seed torch's generator was freshly seeded with when it began, and the
+    files (relative path → bytes) of the directory it reads, as they were then (`load`, `load_adapter`)."""
 
     method: str
     arguments: dict[str, Any] = field(default_factory=dict)
     result: Ref | None = None
     raised: bool = False
+    torch_seed: int | None = None
+    files: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,20 @@ class Discrepancy:
     - "raised": the checked operation raised an exception of type name `observed`, where `expected` names the types
       SPEC requires ("": none, the input must be accepted);
     - "unnamed": it raised `observed` as required, but the message names none of the subjects `expected` (a tuple);
-    - "silent": it returned (`observed` None), where `expected` names the exception types SPEC requires.
+    - "silent": it returned (`observed` None), where `expected` names the exception types SPEC requires;
+    - "differs": an exact observation (a list, dict, shape, count) is `observed`, where SPEC admits only the values
+      in the tuple `expected`;
+    - "unwarned": the checked operation emitted no warning of category `expected[0]` naming one of the subjects
+      `expected[1:]` (`observed`: the warnings it emitted, as "Category: message" lines).
 
     `target` says what a repro recomputes to show it: "output" (the model on `x`), "weight" or "bias" (the live base
-    layer under `key`, logical orientation), "call" (the last recorded driver call, the checked operation), or None
-    (not rendered)."""
+    layer under `key`, logical orientation), "param" (the adapter parameter `name` of `adapter` on `key`), "grad"
+    (its `.grad` after a backward of `(y * weights).sum()` in `mode`, the weights `random_tensor(y.shape, float64,
+    weights_seed)`), "call" (the last recorded state-changing driver call, the checked operation), an observation of
+    the adapted model ("adapted": its adapted module keys, sorted; "active": {key: active adapters} for the keys of
+    `observed`; "shapes" / "requires_grad": {name: shape / flag} of `adapter`'s parameters named in `observed` on
+    `key`), or None (not rendered). A parameter, gradient or observation is read on the model (and key, adapter) of
+    the last recorded read-only call that made it (`OBSERVED_BY`)."""
 
     what: str
     where: tuple[int, ...]
@@ -98,6 +111,10 @@ class Discrepancy:
     target: str | None = None
     key: str = "layer"
     kind: str = "value"
+    adapter: str = "default"
+    name: str = ""
+    mode: str = "eval"
+    weights_seed: int | None = None
 
 
 @dataclass
@@ -214,6 +231,9 @@ class PeftLikeDriver:
     driver_options: ClassVar[dict[str, Any]] = {}
     # how a repro imports the library, and the prefix of its names there (`import peft` → "peft.")
     repro_import: ClassVar[tuple[str, str]] = ("import peft", "peft.")
+    # whether a repro reads adapter parameters, gradients and observations as peft's API has them (`_param_code`,
+    # `observation_code`); a port whose model layout differs says False (those final checks are left out)
+    repro_reads: ClassVar[bool] = True
     api_map: ClassVar[dict[str, str]] = {
         "adapt": "get_peft_model(model, config, adapter_name=…, autocast_adapter_dtype=…)",
         "add_adapter": "PeftModel.add_adapter(name, config)",
@@ -402,20 +422,21 @@ class PeftLikeDriver:
         changing = [i for i, call in enumerate(case.calls) if isinstance(call, Call) and call.method not in READ_ONLY]
         last = changing[-1] if changing else -1
         disabled_last = last >= 0 and case.calls[last].method == "disabled"  # type: ignore[union-attr]
-        checked = calls[-1] if _checks_last_call(case, calls[-1]) else None
+        checked = _checked_call(case, calls)
         for i, call in enumerate(case.calls):
             if isinstance(call, str):
                 snippet.lines.append(f"# {call}")
             elif call is checked:
-                snippet.outcome_check(self.render_call(call, snippet), f"{call.method}(…)")
+                snippet.outcome_check(self.seeded_call(call, snippet), f"{call.method}(…)")
+                snippet.current = _model_after(call, snippet.current)
             elif call.method in READ_ONLY or (disabled_last and i == last):
                 continue
             elif call.raised and i != len(case.calls) - 1:  # the test expected it to raise, and went on
-                body = self.render_call(call, snippet)
+                body = self.seeded_call(call, snippet)
                 snippet.lines += ["try:", *_indent(body or ["pass"]), "except Exception as exc:"]
                 snippet.lines.append(f"    print(f'{call.method} raised {{type(exc).__name__}}: {{exc}}')")
             else:
-                snippet.lines += self.render_call(call, snippet)
+                snippet.lines += self.seeded_call(call, snippet)
                 snippet.current = _model_after(call, snippet.current)
             if isinstance(call, Call) and call.result is not None:
                 snippet.bound.add(call.result.var)
@@ -439,6 +460,14 @@ class PeftLikeDriver:
         results = (("expected", case.expected), ("observed", case.observed))
         lines += [f"# {label}: {value}" for label, value in results if value is not None]
         return lines
+
+    def seeded_call(self, call: Call, snippet: ReproSnippet) -> list[str]:
+        """`render_call`'s lines, after `torch.manual_seed(s)` where the call began on a freshly seeded generator, and
+        after the files of a directory it reads that no earlier call of the snippet wrote (`ReproSnippet.files`)."""
+        if call.files and not snippet.knows(call.arguments.get("directory")):
+            snippet.files(call.arguments["directory"], call.files)
+        lines = self.render_call(call, snippet)
+        return [f"torch.manual_seed({call.torch_seed})", *lines] if call.torch_seed is not None and lines else lines
 
     # ---- rendering one recorded call in the library's public API (a port overrides what differs) ----
     def render_call(self, call: Call, snippet: ReproSnippet) -> list[str]:
@@ -529,6 +558,24 @@ class PeftLikeDriver:
         changed = {k: v for k, v in fields.items() if defaults.get(k) != v}
         return f"{prefix}{cls.__name__}(**{changed!r})"
 
+    def observation_code(self, d: Discrepancy, root: str, key: str, adapter: str, snippet: ReproSnippet) -> str:
+        """An expression of the library's public API for an exact observation (`OBSERVATIONS`) of the model whose
+        module tree is `root` (parameters: `adapter`'s on `key`), with the value `d.observed` has."""
+        if d.target == "adapted":
+            layer_class = self.tuner_layer_class
+            snippet.imports.add(f"import {layer_class.__module__}")
+            name = f"{layer_class.__module__}.{layer_class.__qualname__}"
+            return f"sorted(key for key, module in {root}.named_modules() if isinstance(module, {name}))"
+        if d.target == "active":
+            return f"{{key: list({root}.get_submodule(key).active_adapters) for key in {list(d.observed)!r}}}"
+        attribute = {"shapes": "tuple({}.shape)", "requires_grad": "{}.requires_grad"}[d.target]
+        layer = f"{root}.get_submodule({key!r})"
+        entries = (
+            f"{name!r}: {attribute.format(self._param_code(layer, adapter, name, snippet.case.tuner))}"
+            for name in d.observed
+        )
+        return "{" + ", ".join(entries) + "}"
+
     def _param_code(self, layer_code: str, adapter: str, canonical: str, tuner: str) -> str:
         """The live tensor of a canonical parameter name on a layer (the implementation's name and container)."""
         container, _, attribute = self.param_names.get(tuner, {}).get(canonical, canonical).partition(".")
@@ -553,7 +600,7 @@ class ReproSnippet:
         if not isinstance(value, Ref):
             return repr(value)
         if value.var not in self.bound and value.code is not None:
-            self.lines += value.code.split("\n")
+            self.lines += _new_definitions(value.code, [self.case.model_code, *self.lines])
         self.bound.add(value.var)
         return value.var
 
@@ -581,13 +628,42 @@ class ReproSnippet:
         self.directories[directory] = var
         return var
 
+    def knows(self, directory: Any) -> bool:
+        """Whether `directory` is (under) a directory the snippet already made."""
+        text = str(directory)
+        return any(text == known or text.startswith(known.rstrip("/") + "/") for known in self.directories)
+
+    def files(self, directory: Any, files: dict[str, bytes]) -> None:
+        """Write `files` (relative path → bytes) into a new temporary directory standing for `directory`: JSON as
+        text, safetensors through `safetensors.torch.save_file` (tensors and metadata written out), others as bytes."""
+        root = self.path(directory)
+        for relative, content in files.items():
+            target = f"os.path.join({root}, {relative!r})"
+            if "/" in relative:
+                self.lines.append(f"os.makedirs(os.path.dirname({target}), exist_ok=True)")
+            if relative.endswith(".safetensors"):
+                self.lines.append(_safetensors_code(content, target))
+                self.imports.add("import safetensors.torch")
+            elif relative.endswith(".json"):
+                self.lines.append(f"open({target}, 'w').write({content.decode()!r})")
+            else:
+                self.lines.append(f"open({target}, 'wb').write({content!r})")
+
     def final_check(self, *, disabled: bool) -> None:
         """The forward on `x` (inside `disable_adapter()` when that was the last call), then what it shows next to
         what SPEC requires: the observed element next to the required one (the oracle's, or the implementation's own
         other output), the output's shape, or the exception the forward raised; `REPRODUCED: …` when they differ and
-        the observation is the one the suite saw."""
+        the observation is the one the suite saw. An adapter parameter or its gradient (after the same backward) is
+        read like an output element; an exact observation of the model is compared with what SPEC admits."""
         case, model, d = self.case, self.current, self.case.discrepancy
         target = d.target if d is not None else None
+        if target in OBSERVED_BY and not self.driver.repro_reads:
+            target = None
+        if d is not None and d.kind == "differs" and target in OBSERVATIONS:
+            self._observation_check(d)
+            return
+        if d is not None and target == "grad" and self.x_bound:
+            self._backward(d)
         forward = self.x_bound and target in ("output", None)
         context = f"torch.no_grad(), {model}.disable_adapter()" if disabled else "torch.no_grad()"
         forward_lines = [f"with {context}:", f"    y = {model}.eval()(x)"]
@@ -607,10 +683,16 @@ class ReproSnippet:
             return
         if target == "output":
             self.lines.append(f"observed = float(y[{d.where!r}])")
-        else:
-            module = f"{model}.base_model.model" if model in self.adapted else model
+        elif target in ("param", "grad") and (target == "param" or self.x_bound):
+            root, key, adapter = self._observed(d)
+            self.lines += [f"module = {root}.get_submodule({key!r})"]
+            self.lines.append(f"tensor = {self.driver._param_code('module', adapter, d.name, case.tuner)}")
+            if target == "grad":  # no `.grad`: nothing flowed into the parameter (a zero gradient, as the suite reads)
+                self.lines.append("tensor = torch.zeros_like(tensor) if tensor.grad is None else tensor.grad")
+            self.lines.append(f"observed = float(tensor.detach()[{d.where!r}])")
+        elif target in ("weight", "bias"):
             self.lines += [
-                f"module = {module}.get_submodule({d.key!r})",
+                f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
                 "base = getattr(module, 'base_layer', module)",
             ]
             if target == "weight":
@@ -619,6 +701,9 @@ class ReproSnippet:
             else:
                 self.lines.append("tensor = base.bias")
             self.lines.append(f"observed = float(tensor[{d.where!r}])")
+        else:
+            self.lines.append(f"# not rendered: {d.what} ({target})")
+            return
         self.imports.add("import math")
         self.lines += [
             f"expected = {float_code(d.expected)}  # what the clause requires there (float64)",
@@ -630,8 +715,57 @@ class ReproSnippet:
             "same = observed == seen or (math.isnan(observed) and math.isnan(seen)) or "
             "abs(observed - seen) <= 0.01 * abs(seen - expected)",
             "if differs and same:",
-            f"    print(f'{REPRODUCED} {{what}} = {{observed!r}}, but should be {{expected!r}} "
-            "(|difference| {abs(observed - expected):.3g} > {allowed:.3g})')",
+            f"    print(f'{REPRODUCED} {{what}} = {{observed!r}}, but should be within {{allowed:.3g}} "
+            "of {expected!r} (|difference| {abs(observed - expected):.3g})')",
+            "else:",
+            f"    print({NOT_REPRODUCED!r})",
+        ]
+
+    def _model_root(self, model: str) -> str:
+        """The module tree a model's keys are relative to (inside an adapted model's wrapper)."""
+        return f"{model}.base_model.model" if model in self.adapted else model
+
+    def _observed(self, d: Discrepancy) -> tuple[str, str, str]:
+        """The module tree, key and adapter the suite's observation was made on: those of the last recorded read-only
+        call that makes it (`OBSERVED_BY`) on the discrepancy's key and adapter, else of the last one on any, else the
+        current model and the discrepancy's key and adapter."""
+        method = OBSERVED_BY.get(d.target or "")
+        made = [c for c in self.case.calls if isinstance(c, Call) and c.method == method and "model" in c.arguments]
+        same = [
+            c
+            for c in made
+            if (c.arguments.get("key", d.key), c.arguments.get("adapter", d.adapter)) == (d.key, d.adapter)
+        ]
+        for call in (same or made)[-1:]:
+            a = call.arguments
+            return self._model_root(self._var(a["model"])), a.get("key", d.key), a.get("adapter", d.adapter)
+        return self._model_root(self.current), d.key, d.adapter
+
+    def _var(self, model: Any) -> str:
+        return model.var if isinstance(model, Ref) else self.current
+
+    def _backward(self, d: Discrepancy) -> None:
+        """The forward on `x` in `d.mode` with gradients, and the backward of `(y * weights).sum()` (the weights drawn
+        from `d.weights_seed` as `random_tensor(y.shape, "float64", seed)`)."""
+        self.lines += [
+            f"{self.current}.train({d.mode == 'train'})",
+            f"y = {self.current}(x)",
+            f"generator = torch.Generator().manual_seed({d.weights_seed})",
+            "weights = torch.rand(tuple(y.shape), generator=generator, dtype=torch.float64) * 2 - 1",
+            "(y * weights).sum().backward()",
+        ]
+
+    def _observation_check(self, d: Discrepancy) -> None:
+        """An exact observation of the current model (`OBSERVATIONS`) next to what SPEC admits; `REPRODUCED: …` when it
+        is the one the suite saw and SPEC admits none such."""
+        self.lines += [
+            f"observed = {self.driver.observation_code(d, *self._observed(d), self)}",
+            f"seen = {d.observed!r}  # what the conformance suite observed",
+            f"admissible = {tuple(d.expected)!r}  # what SPEC admits",
+            f"what = {d.what!r}",
+            "print(f'{what}: observed {observed!r}; SPEC admits', ' or '.join(map(repr, admissible)))",
+            "if observed == seen and observed not in admissible:",
+            f"    print(f'{REPRODUCED} {{what}} is {{observed!r}}, which SPEC does not admit')",
             "else:",
             f"    print({NOT_REPRODUCED!r})",
         ]
@@ -654,10 +788,14 @@ class ReproSnippet:
         """`body` (the checked operation) run once and its outcome printed: the exception it raised, or none;
         `REPRODUCED: …` when that outcome is the one the suite saw and SPEC forbids (`Discrepancy.kind` "raised",
         "unnamed" or "silent"; an "unnamed" message must name none of the subjects, even as a substring). A body
-        that is only comments (an operation not rendered) is written as it is, with no check."""
+        that is only comments (an operation not rendered) is written as it is, with no check. "unwarned": the body
+        runs recording its warnings instead (`_warning_check`)."""
         d = self.case.discrepancy
         if d is None or d.kind not in OUTCOME_KINDS or all(line.lstrip().startswith("#") for line in body):
             self.lines += body
+            return
+        if d.kind == "unwarned":
+            self._warning_check(body, what, d)
             return
         self.lines += ["try:", *_indent(body), "except Exception as exc:", "    raised = exc"]
         self.lines += [
@@ -680,16 +818,47 @@ class ReproSnippet:
         self.lines += [f"if {shown}:", f"    print({f'{REPRODUCED} {claim}'!r})"]
         self.lines += ["else:", f"    print({NOT_REPRODUCED!r})"]
 
+    def _warning_check(self, body: list[str], what: str, d: Discrepancy) -> None:
+        """`body` run recording every warning; `REPRODUCED: …` when none is of category `d.expected[0]` (or a subclass)
+        naming one of the subjects `d.expected[1:]` (case-insensitively), as the suite saw."""
+        category, *subjects = d.expected
+        self.imports.add("import warnings")
+        self.lines += [
+            "with warnings.catch_warnings(record=True) as caught:",
+            "    warnings.simplefilter('always')",
+            *_indent(body),
+            "emitted = [f'{w.category.__name__}: {w.message}' for w in caught]",
+            f"what = {what!r}",
+            "print(what, 'warned', emitted)",
+            f"subjects = {tuple(str(s).lower() for s in subjects)!r}",
+            f"named = [w for w in caught if issubclass(w.category, {category}) and "
+            "(not subjects or any(s in str(w.message).lower() for s in subjects))]",
+            "if not named:",
+            f"    print({f'{REPRODUCED} {what} emitted no {category} naming any of {subjects}'!r})",
+            "else:",
+            f"    print({NOT_REPRODUCED!r})",
+        ]
 
-OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent"})  # discrepancies on whether / what an operation raised
+
+OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent", "unwarned"})  # on what a checked operation raised or warned
+OBSERVATIONS = frozenset({"adapted", "active", "shapes", "requires_grad"})  # exact observations ("differs")
+# the read-only driver call whose observation a discrepancy target repeats (its model, key and adapter)
+OBSERVED_BY = {"adapted": "adapted_modules", "active": "layer_state", "shapes": "get_params",
+               "requires_grad": "get_requires_grad", "param": "get_params", "grad": "get_grads"}  # fmt: skip
 NOT_REPRODUCED = "NOT REPRODUCED: the snippet does not show the failure the suite saw"
 
 
-def _checks_last_call(case: Case, last: Call) -> bool:
-    """The case's final check is on the outcome of its last recorded call (rendered as a public call, not a comment
-    or a read-only observation)."""
+def _checked_call(case: Case, calls: list[Call]) -> Call | None:
+    """The call whose outcome the case's final check is on, where the discrepancy is on a checked operation (`target`
+    "call"): the last recorded call if it changes state (raised, unnamed, silent); the last state-changing call
+    (unwarned: read-only observations may follow the warning one)."""
     d = case.discrepancy
-    return d is not None and d.kind in OUTCOME_KINDS and d.target == "call" and last.method not in READ_ONLY
+    if d is None or d.kind not in OUTCOME_KINDS or d.target != "call":
+        return None
+    changing = [call for call in calls if call.method not in READ_ONLY]
+    if d.kind != "unwarned":
+        return calls[-1] if calls[-1].method not in READ_ONLY else None
+    return changing[-1] if changing else None
 
 
 def _model_after(call: Call, current: str) -> str:
@@ -698,6 +867,31 @@ def _model_after(call: Call, current: str) -> str:
         return call.result.var
     model = call.arguments.get("model")
     return model.var if isinstance(model, Ref) else current
+
+
+def _new_definitions(code: str, present: list[str]) -> list[str]:
+    """The lines of `code` less its import lines and class definitions that `present` already holds (a second base
+    model's source repeats the first's header)."""
+    known = {line for text in present for line in text.split("\n") if line.startswith(("import ", "from ", "class "))}
+    kept: list[str] = []
+    skipping = False
+    for line in code.split("\n"):
+        if line.startswith(("import ", "from ", "class ")) or not line.startswith(" "):
+            skipping = line in known
+        if not skipping:
+            kept.append(line)
+    return kept
+
+
+def _safetensors_code(content: bytes, target: str) -> str:
+    """A `safetensors.torch.save_file` call writing the tensors and metadata of a safetensors file's `content`."""
+    import safetensors.torch
+
+    tensors = safetensors.torch.load(content)
+    header = json.loads(content[8 : 8 + int.from_bytes(content[:8], "little")])
+    metadata = header.get("__metadata__")
+    written = "{" + ", ".join(f"{name!r}: {tensor_code(t)}" for name, t in tensors.items()) + "}"
+    return f"safetensors.torch.save_file({written}, {target}, metadata={metadata!r})"
 
 
 def _indent(lines: list[str]) -> list[str]:

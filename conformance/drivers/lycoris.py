@@ -89,6 +89,7 @@ class LycorisDriver(PeftLikeDriver):
         "not passed (no lycoris equivalent)": "init_weights, init_ia3_weights, fan_in_fan_out, exclude_modules, "
         "layers_to_transform, layers_pattern, modules_to_save, rank_pattern, alpha_pattern",
     }
+    repro_reads = False  # parameters live on the lycoris network's modules, not where peft keeps them
     api_map: ClassVar[dict[str, str]] = {
         "make_config": "preset {target_module: [], target_name: [pattern], name_algo_map: {feedforward pattern: "
         "{train_on_input: True}}}; options {algo, linear_dim=r, linear_alpha=alpha, rank_dropout, module_dropout, "

@@ -6,7 +6,7 @@ runs every catalog mutant against all contract families of its tuner (one child 
 first kill, repros not verified), prints one progress line per mutant to stderr, and writes the matrix as JSON to
 `--out` and its Markdown (`conformance.mutation.render_markdown`) next to it with the suffix `.md`, both rewritten
 after every mutant. `--resume` keeps the results `--out` already holds and runs only the mutants it lacks. A full
-run takes long (minutes per mutant: every failing row is shrunk by hypothesis); use `--jobs` and `--resume`.
+run takes a while (up to minutes per mutant: hypothesis shrinks every failing row); use `--jobs` and `--resume`.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ A bug lives in a *mixin*, a class whose methods override the reference's and cal
 in front of `PeftModel`; `patches` replace module attributes of `reference_tuners` (a matching rule).
 
 Nothing global outlives a driver call: the mutant classes and `patches` are put in place only while a driver call
-that builds models or layers runs (`adapt`, `add_adapter`, `load`, `load_adapter`, `call_optional`) — the tuner
-registry handing out the mutant layer classes, `get_peft_model` / `from_pretrained` building the mutant model
-classes — and the reference attributes are put back in a `finally`. The models such a call builds are instances of
-the mutant classes from their construction on (settings, shapes, initialisation, trainability included).
+that builds models or layers, or converts a checkpoint, runs (`adapt`, `add_adapter`, `load`, `load_adapter`,
+`call_optional`, `convert_checkpoint`) — the tuner registry handing out the mutant layer classes, `get_peft_model` /
+`from_pretrained` building the mutant model classes — and the reference attributes are put back in a `finally`. The
+models such a call builds are instances of the mutant classes from their construction on (settings, shapes,
+initialisation, trainability included).
 
 A mutant class is made once per (mixin, reference class) and named in this module, so that adapted models pickle.
 """
@@ -30,7 +31,7 @@ from reference_tuners.core.tuner_model import TunerModel
 from ..drivers.reference import ReferenceDriver
 
 Patch = tuple[object, str, object]  # (owner, attribute name, value while a driver call runs)
-BUILDING = ("adapt", "add_adapter", "load", "load_adapter", "call_optional")  # driver calls that build models/layers
+BUILDING = ("adapt", "add_adapter", "load", "load_adapter", "call_optional", "convert_checkpoint")  # run patched
 
 
 @cache

@@ -12,11 +12,15 @@ from reference_tuners.bone import bat_inverse, chunk_sum, tiled
 from .base import MutantDriver
 
 
+def _full_chunks_only(x: torch.Tensor, r: int) -> torch.Tensor:
+    """x with its last `in mod r` columns zeroed: they are cut off instead of zero-padded into a chunk of s(x)."""
+    kept = x.shape[-1] // r * r
+    return F.pad(x[..., :kept], (0, x.shape[-1] - kept))
+
+
 class _RemainderColumnsDropped:
     def add_delta(self, result: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-        r, width = self.settings[name].r, x.shape[-1]
-        kept = width // r * r  # the last `in mod r` columns of x are cut off instead of zero-padded into a chunk
-        return super().add_delta(result, F.pad(x[..., :kept], (0, width - kept)), name)
+        return super().add_delta(result, _full_chunks_only(x, self.settings[name].r), name)
 
 
 class RemainderColumnsDropped(MutantDriver):
@@ -124,3 +128,38 @@ class BatWeightWithoutGrad(MutantDriver):
     """BAT builds W_eff under torch.no_grad(): the forward is right, but bone_block never gets a gradient."""
 
     layer_mixin = _BatWeightWithoutGrad
+
+
+class _PlainWeightCachedAtCreation:
+    def __init__(self, base_layer: torch.nn.Module, kind: str) -> None:
+        super().__init__(base_layer, kind)
+        self.weight_at_creation: dict[str, torch.Tensor] = {}
+
+    def create_adapter(self, name: str, settings: object, dtype: torch.dtype) -> None:
+        super().create_adapter(name, settings, dtype)
+        self.weight_at_creation[name] = self.base_weight().detach().clone()
+
+    def adapted_forward(self, x: torch.Tensor, active: list[str], *args: object, **kwargs: object) -> torch.Tensor:
+        if len(active) != 1 or self.settings[active[0]].mode != "plain":
+            return super().adapted_forward(x, active, *args, **kwargs)
+        weight = self.transformed(self.weight_at_creation[active[0]], active[0])  # W₀ + T(B), W₀ a stale copy
+        return self.op(x, weight.to(x.dtype), self.base_layer.bias)
+
+
+class PlainWeightCachedAtCreation(MutantDriver):
+    """Plain forward computes op(x; W₀ + T(B), b) with W₀ the base weight copied when the adapter was created."""
+
+    layer_mixin = _PlainWeightCachedAtCreation
+
+
+class _MiniRemainderColumnsDropped:
+    def add_delta(self, result: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        if self.settings[name].mode == "mini":
+            x = _full_chunks_only(x, self.settings[name].r)
+        return super().add_delta(result, x, name)
+
+
+class MiniRemainderColumnsDropped(MutantDriver):
+    """MiSS "mini" forward sums only the full r-wide chunks of x (plain mode pads the remainder columns as it must)."""
+
+    layer_mixin = _MiniRemainderColumnsDropped

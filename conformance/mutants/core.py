@@ -439,3 +439,64 @@ class DefaultAdapterNamedAdapter(MutantDriver):
     """get_peft_model names the adapter "adapter" when no name is given, not "default"."""
 
     patches = ((reference_tuners, "get_peft_model", _get_peft_model_default_adapter),)
+
+
+class _MergedLayerAppliesUnmerged:
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        pending = [n for n in self.applicable(self.active_adapters) if n not in self.merged_adapters]
+        if self.disable_adapters or not self.merged or not pending:
+            return super().forward(x, *args, **kwargs)
+        return self.adapted_forward(x, pending, *args, **kwargs)  # on top of the merged weights
+
+
+class MergedLayerAppliesUnmerged(MutantDriver):
+    """A merged layer still applies its active adapters that are not merged: op(x; W_merged + ΔW_unmerged, b)."""
+
+    layer_mixin = _MergedLayerAppliesUnmerged
+
+
+class _SafeMergeRoundsDeltaFirst:
+    def check_safe_merge(self, name: str) -> None:
+        weight = self.base_weight()
+        candidate = weight + self.delta_weight(name).to(weight.dtype)  # ΔW rounded to the base dtype, then the sum
+        self._check_finite(name, candidate, None)
+        self.checked_candidate = (name, candidate)
+
+    def merged_tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        checked, self.checked_candidate = getattr(self, "checked_candidate", None), None
+        if checked is not None and checked[0] == name:
+            return checked[1], None  # the checked candidate is written as it is
+        return super().merged_tensors(name)
+
+
+class SafeMergeRoundsDeltaFirst(MutantDriver):
+    """A safe merge writes the candidate it checked, W + round(ΔW) (two roundings), where the unsafe merge writes
+    round(W + ΔW) (one rounding, in the adapter dtype)."""
+
+    layer_mixin = _SafeMergeRoundsDeltaFirst
+
+
+class _BaseWeightFollowsAdapterFlag:
+    def set_requires_grad(self, name: str, flag: bool) -> None:
+        super().set_requires_grad(name, flag)
+        self.base_layer.weight.requires_grad_(flag)  # the base weight is switched together with the adapter
+
+
+class BaseWeightFollowsAdapterFlag(MutantDriver):
+    """Making an adapter trainable also sets requires_grad on the base weight: backward accumulates W.grad."""
+
+    layer_mixin = _BaseWeightFollowsAdapterFlag
+
+
+class _AdaptersInPlainDict:
+    def __init__(self, base_layer: nn.Module, kind: str) -> None:
+        super().__init__(base_layer, kind)
+        for container in self.adapter_layer_names:
+            delattr(self, container)
+            setattr(self, container, {})  # a plain dict: nn.Module neither registers nor moves what it holds
+
+
+class AdaptersInPlainDict(MutantDriver):
+    """The adapter tensors live in a plain dict, not an nn.ParameterDict: model.to(dtype) does not cast them."""
+
+    layer_mixin = _AdaptersInPlainDict

@@ -130,3 +130,29 @@ class DropoutInEvalMode(MutantDriver):
     """gralora_dropout is applied in eval mode too."""
 
     layer_mixin = _DropoutInEvalMode
+
+
+class _DeltaShapedAsBatchAndTokens:
+    def delta_output(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return super().delta_output(x, name).reshape(x.shape[0], -1, self.out_features)  # (batch, tokens, out)
+
+
+class DeltaShapedAsBatchAndTokens(MutantDriver):
+    """The delta path reshapes its output to (x.shape[0], -1, out), as if every input were (batch, tokens, in)."""
+
+    layer_mixin = _DeltaShapedAsBatchAndTokens
+
+
+class _HybridBNotZeroed:
+    def create_adapter(self, name: str, settings: GraLoRASettings, dtype: torch.dtype) -> None:
+        super().create_adapter(name, settings, dtype)
+        if settings.init_weights and name in self.gralora_B_general:  # the zeroing covers gralora_B only
+            with torch.no_grad():
+                bound = 1 / math.sqrt(settings.hybrid_r)
+                self.gralora_B_general[name].weight.uniform_(-bound, bound)
+
+
+class HybridBNotZeroed(MutantDriver):
+    """init_weights=True zeroes gralora_B but draws gralora_B_general.weight from U(±1/√h), as the random option."""
+
+    layer_mixin = _HybridBNotZeroed

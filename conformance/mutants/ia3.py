@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import nn
 
-from reference_tuners.core.kinds import channel_view
+from reference_tuners import ia3
+from reference_tuners.core import layer as layer_module
+from reference_tuners.core.kinds import LINEAR_KINDS, channel_view
 
-from .base import MutantDriver
+from .base import MutantDriver, patched
 
 
 class _BiasAddedAfterScaling:
@@ -107,3 +110,77 @@ class SafeMergeIgnoresBias(MutantDriver):
     """Safe merge checks the merged weight only: a non-finite merged bias l ⊙ b is written."""
 
     layer_mixin = _SafeMergeIgnoresBias
+
+
+class _ConvScaledByStoredVector:
+    def adapted_forward(self, x: torch.Tensor, active: list[str], *args: object, **kwargs: object) -> torch.Tensor:
+        if self.kind in LINEAR_KINDS or any(self.settings[n].feedforward for n in active):
+            return super().adapted_forward(x, active, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        scale = math.prod(self.ia3_l[n] for n in active)  # (1, C, 1, …) as stored: (C, …) outputs gain a batch axis
+        return (result * scale).to(result.dtype)
+
+
+class ConvScaledByStoredVector(MutantDriver):
+    """Conv output scaling multiplies by the stored (1, C, 1, …) vector, so unbatched input returns (1, C, …)."""
+
+    layer_mixin = _ConvScaledByStoredVector
+
+
+class _FeedforwardScaledInputUnused:
+    def adapted_forward(self, x: torch.Tensor, active: list[str], *args: object, **kwargs: object) -> torch.Tensor:
+        output = [n for n in active if not self.settings[n].feedforward]
+        result = self.base_layer(x, *args, **kwargs)  # x where the feedforward product l ⊙ x belongs
+        return (result * channel_view(self._product(output), self.kind)).to(result.dtype) if output else result
+
+
+class FeedforwardScaledInputUnused(MutantDriver):
+    """Feedforward forward calls the base layer on x instead of the scaled input l ⊙ x (the wrong variable)."""
+
+    layer_mixin = _FeedforwardScaledInputUnused
+
+
+class _FeedforwardInitRandom:
+    def create_adapter(self, name: str, settings: ia3.IA3Settings, dtype: torch.dtype) -> None:
+        super().create_adapter(name, settings, dtype)
+        if settings.feedforward:  # the ones-initialisation was written for output vectors only
+            with torch.no_grad():
+                nn.init.normal_(self.ia3_l[name])
+
+
+class FeedforwardInitRandom(MutantDriver):
+    """init_ia3_weights=True gives ones to output vectors only: feedforward vectors are drawn from N(0, 1)."""
+
+    layer_mixin = _FeedforwardInitRandom
+
+
+class _WeightedAdapterProduct:
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        ia3.add_weighted_adapter(self, adapters, weights, adapter_name)
+        with torch.no_grad():
+            for _, layer in self.tuner_layers():
+                if adapter_name in layer.settings:
+                    parts = [w * layer.ia3_l[n] for n, w in zip(adapters, weights, strict=True) if n in layer.settings]
+                    layer.ia3_l[adapter_name].copy_(math.prod(parts))  # Π_k w_k l_k, as active adapters combine
+
+
+class WeightedAdapterProduct(MutantDriver):
+    """add_weighted_adapter combines the vectors as a product Π_k w_k l_k instead of the sum Σ_k w_k l_k."""
+
+    model_mixin = _WeightedAdapterProduct
+
+
+def _non_finite_as_nan(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return bool((torch.isnan(new) & ~torch.isnan(old)).any())  # ±inf goes unnoticed
+
+
+class _UnmergeChecksNanOnly:
+    def unmerge(self) -> None:
+        with patched(((layer_module, "introduces_non_finite", _non_finite_as_nan),)):
+            super().unmerge()
+
+
+class UnmergeChecksNanOnly(MutantDriver):
+    """Unmerge guards against NaN only: dividing by l + 1e-8 = 0 writes ±inf (with the usual inaccuracy warning)."""
+
+    layer_mixin = _UnmergeChecksNanOnly

@@ -1,12 +1,14 @@
-"""Targeting mutants (SPEC §1.3): one rule of `reference_tuners.core.matching` replaced by a plausible misreading,
-for the duration of the driver calls that inject adapters (`MutantDriver.patches`)."""
+"""Targeting mutants (SPEC §1.3, §1.4): one targeting rule (of `reference_tuners.core.matching`, "all-linear" or the
+default targets) replaced by a plausible misreading, for the duration of the driver calls that inject adapters."""
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 
-from reference_tuners.core import matching, tuner_model
+from reference_tuners.core import kinds, matching, tuner_model
+from reference_tuners.core.config import PeftConfig
 
 from .base import MutantDriver
 
@@ -87,3 +89,39 @@ class LayerFilterOnExactKeys(MutantDriver):
     """layers_to_transform also filters modules named exactly by a list entry (they must be kept, CORE-MATCH-6)."""
 
     patches = ((tuner_model, "is_targeted", _layer_filter_on_exact_keys),)
+
+
+class SeqClsHeadByClassifierName(MutantDriver):
+    """With task_type SEQ_CLS, "all-linear" spares only a head named `classifier`, so Llama's `score` is adapted."""
+
+    patches = ((tuner_model, "SEQ_CLS_HEADS", ("classifier",)),)
+
+
+class _UnsupportedDefaultsSkipped:
+    def _resolve_targets(self, config: PeftConfig) -> tuple[PeftConfig, set[str] | None]:
+        if config.target_modules is not None:
+            return super()._resolve_targets(config)
+        config, _ = super()._resolve_targets(config)
+        supported = self.tuner.layer_cls.supported_kinds
+        keys = {key for key, module in tuner_model.walk(self.model) if kinds.layer_kind(module) in supported}
+        return config, keys  # the default's selection, narrowed to the modules the tuner can adapt
+
+
+class UnsupportedDefaultsSkipped(MutantDriver):
+    """target_modules=None silently skips the default row's modules of a kind the tuner does not support."""
+
+    model_mixin = _UnsupportedDefaultsSkipped
+
+
+class _AllLinearCaseSensitive:
+    def _resolve_targets(self, config: PeftConfig) -> tuple[PeftConfig, set[str] | None]:
+        target = config.target_modules
+        if isinstance(target, str) and target != matching.ALL_LINEAR:
+            return copy.deepcopy(config), None  # "ALL-LINEAR" stays a regex, which matches no key
+        return super()._resolve_targets(config)
+
+
+class AllLinearCaseSensitive(MutantDriver):
+    """Only the exact spelling "all-linear" selects every linear layer: "ALL-LINEAR" is read as a regex."""
+
+    model_mixin = _AllLinearCaseSensitive

@@ -22,6 +22,15 @@ class LoHaScaleBugDriver(ReferenceDriver):
         return adapted
 
 
+class UnreadableConfigLoHaScaleBugDriver(LoHaScaleBugDriver):
+    """The LoHa scale bug, and a `config_from_dict` that raises (the config family's round-trip rows: `error`)."""
+
+    name = "mutant-loha-scale-unreadable-config"
+
+    def config_from_dict(self, tuner, d):
+        raise RuntimeError("config_from_dict is broken")
+
+
 def _first_time() -> bool:
     """True once per marker file (`TUNERSPEC_TEST_MARKER`): the first call in any process of a test's run."""
     marker = Path(os.environ["TUNERSPEC_TEST_MARKER"])

@@ -18,12 +18,12 @@ import torch
 from mutant_drivers import LoHaScaleBugDriver
 
 from conformance import plugin
-from conformance.assertions import assert_close_to_oracle, assert_raises_clause
+from conformance.assertions import assert_close_to_oracle, assert_equal, assert_raises_clause, fail, unwarned
 from conformance.check import check, shows_failure
-from conformance.contracts import test_config, test_forward
+from conformance.contracts import test_config, test_forward, test_matching
 from conformance.drivers.base import REPRODUCED, Call, Case, Discrepancy, Ref
 from conformance.drivers.reference import ReferenceDriver
-from conformance.harness import Holder
+from conformance.harness import Holder, Rig, seed_torch
 from conformance.recording import RecordingDriver, module_code, unwrap
 from conformance.report import Row
 from conformance.spec.layer import Layer
@@ -374,3 +374,228 @@ def test_bundle_model_code_rebuilds_the_tensors():
     assert all(torch.equal(rebuilt[k], v) for k, v in model.state_dict().items())
     x = random_tensor((2, 3), "float32", 1)
     assert torch.equal(scope["model"](x), model(x))
+
+
+# ---- observations beyond the output: seeded parameters, gradients, module sets, warnings ------------------------
+
+
+class ScaledReadsDriver(ReferenceDriver):
+    """Reads every adapter parameter and gradient back doubled (a driver bug no library snippet can show)."""
+
+    def get_params(self, model, key, adapter):
+        return {name: 2 * value for name, value in super().get_params(model, key, adapter).items()}
+
+    def get_grads(self, model, key, adapter):
+        return {name: None if g is None else 2 * g for name, g in super().get_grads(model, key, adapter).items()}
+
+
+class MisreportingDriver(ReferenceDriver):
+    """Reports one adapted module and one active adapter too many, and hides the warnings `adapt` emits."""
+
+    def adapted_modules(self, model):
+        return [*super().adapted_modules(model), "phantom"]
+
+    def layer_state(self, model, key):
+        state = super().layer_state(model, key)
+        state.active_adapters = [*state.active_adapters, "phantom"]
+        return state
+
+    def adapt(self, model, tuner, config, adapter="default", *, autocast_adapter_dtype=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return super().adapt(model, tuner, config, adapter, autocast_adapter_dtype=autocast_adapter_dtype)
+
+
+def _seeded_param_snippet(driver: ReferenceDriver) -> str:
+    """An adapter initialised right after `torch.manual_seed(21)`, a sample of it judged against a bound half its
+    size (the init contracts' bound check): the repro must seed torch the same way to read the same sample."""
+    recorder, seed = RecordingDriver(driver), 4
+    base = Holder(build_base(Layer("linear", 4, 3), "float64", seed))
+    with torch.random.fork_rng(devices=[]):
+        seed_torch(21)
+        model = recorder.adapt(base, "loha", recorder.make_config("loha", {**LOHA, "init_weights": False}))
+    value = recorder.get_params(model, "layer", "default")["hada_w1_a"]
+    where = (0, 1)
+    context = plugin.Context("LOHA-INIT-2", "loha", "reference", seed=seed)
+    discrepancy = Discrepancy("hada_w1_a sample", where, 0.0, value[where].item(), abs(value[where].item()) / 2,
+                              "param", name="hada_w1_a")  # fmt: skip
+    snippet, _ = _rendered(recorder, lambda: fail(context, "sample out of bound", discrepancy))
+    assert "torch.manual_seed(21)" in snippet
+    return snippet
+
+
+def _grad_snippet(driver: ReferenceDriver) -> str:
+    """A backward of `(y * weights).sum()` in train mode, the parameter gradients compared (`observe`) with a made-up
+    oracle 1 away: the repro redoes the same backward and reads the same gradient."""
+    recorder, seed = RecordingDriver(driver), 6
+    model = recorder.adapt(Holder(build_base(Layer("linear", 4, 3), "float64", seed)), "loha",
+                           recorder.make_config("loha", LOHA))  # fmt: skip
+    shapes = {k: v.shape for k, v in recorder.get_params(model, "layer", "default").items()}
+    generator = torch.Generator().manual_seed(seed + 2)
+    recorder.set_params(model, "layer", "default", {k: torch.rand(s, generator=generator, dtype=torch.float64)
+                                                     for k, s in shapes.items()})  # fmt: skip
+    x = random_tensor((2, 4), "float64", seed + 1)
+    y = model.train()(x)
+    (y * random_tensor(tuple(y.shape), "float64", seed + 3)).sum().backward()
+    grad = recorder.get_grads(model, "layer", "default")["hada_w2_b"]
+    context = plugin.Context("CORE-GRAD-1", "loha", "reference", shapes={"x": (2, 4)}, seed=seed)
+    tol = tolerance("G", "float64")
+    observe = {"target": "grad", "name": "hada_w2_b", "mode": "train", "weights_seed": seed + 3}
+    snippet, _ = _rendered(recorder, lambda: assert_close_to_oracle(
+        context=context, what="d loss / d hada_w2_b", actual=grad, expected=grad + 1, tol=tol, scale=1, observe=observe
+    ))  # fmt: skip
+    return snippet
+
+
+def _adapted_set_snippet(driver: ReferenceDriver) -> str:
+    """`test_matching.assert_adapted` against a made-up selection: the repro lists the adapted modules itself."""
+    recorder, model = _adapted(driver, 8)
+    context = plugin.Context("CORE-MATCH-1", "loha", "reference", seed=8)
+    adapted = recorder.adapted_modules(model)
+    snippet, _ = _rendered(recorder, lambda: test_matching.assert_adapted(context, "made up", adapted, ["other"]))
+    return snippet
+
+
+def _active_snippet(driver: ReferenceDriver) -> str:
+    """The active adapters of `layer` judged against a made-up requirement (an exact observation, "active")."""
+    recorder, model = _adapted(driver, 12)
+    context = plugin.Context("CORE-LIFE-10", "loha", "reference", seed=12)
+    active = {"layer": recorder.layer_state(model, "layer").active_adapters}
+    discrepancy = Discrepancy("active adapters", (), ({"layer": ["zeta"]},), active, 0.0, "active", kind="differs")
+    snippet, _ = _rendered(recorder, lambda: fail(context, "made up", discrepancy))
+    return snippet
+
+
+def _shapes_snippet(driver: ReferenceDriver) -> str:
+    """`assert_equal(..., observe="shapes")` of the parameter shapes against made-up ones, judged after a second
+    model (of another rank) was adapted: the repro reads the model the shapes were read from."""
+    recorder, model = _adapted(driver, 13)
+    context = plugin.Context("LOHA-PARAM-1", "loha", "reference", seed=13)
+    shapes = {k: tuple(v.shape) for k, v in recorder.get_params(model, "layer", "default").items()}
+    other = recorder.make_config("loha", {**LOHA, "r": 1})
+    recorder.adapt(Holder(build_base(Layer("linear", 4, 3), "float64", 13)), "loha", other)
+    if isinstance(driver, ScaledReadsDriver):  # this driver's bug for this observation: transposed reads
+        shapes = {k: s[::-1] for k, s in shapes.items()}
+    expected = {k: (*s, 1) for k, s in shapes.items()}
+    snippet, _ = _rendered(recorder, lambda: assert_equal(context, "shapes", shapes, expected, "shapes"))
+    return snippet
+
+
+def _warning_snippet(driver: ReferenceDriver) -> str:
+    """An unmatched `rank_pattern` key must be warned about by name (LOHA-CFG-4): the library does; a driver that
+    hides the warning makes the suite fail, and the repro (which sees the library warn) must not claim it."""
+    recorder = RecordingDriver(driver)
+    base = Holder(build_base(Layer("linear", 4, 3), "float64", 14))
+    config = recorder.make_config("loha", {**LOHA, "rank_pattern": {"nomatch": 1}})
+    subject = "nomatch" if isinstance(driver, MisreportingDriver) else "zeta"  # "zeta": named by no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recorder.adapt(base, "loha", config)
+    emitted = [f"{w.category.__name__}: {w.message}" for w in caught]
+    context = plugin.Context("LOHA-CFG-4", "loha", "reference", seed=14)
+    named = [line for line in emitted if subject in line]
+    assert not named
+    snippet, _ = _rendered(recorder, lambda: fail(context, "no warning", unwarned((subject,), emitted)))
+    return snippet
+
+
+class FlippedFlagsDriver(ReferenceDriver):
+    """Reads every `requires_grad` flag back negated."""
+
+    def get_requires_grad(self, model, key, adapter):
+        return {name: not flag for name, flag in super().get_requires_grad(model, key, adapter).items()}
+
+
+def _requires_grad_snippet(driver: ReferenceDriver) -> str:
+    """The flags of the adapter's parameters against made-up required ones (all the opposite of the first)."""
+    recorder, model = _adapted(driver, 16)
+    context = plugin.Context("CORE-LIFE-4", "loha", "reference", seed=16)
+    flags = recorder.get_requires_grad(model, "layer", "default")
+    required = {name: not flags["hada_w1_a"] for name in flags}
+    discrepancy = Discrepancy("flags", (), (required,), flags, 0.0, "requires_grad", kind="differs")
+    snippet, _ = _rendered(recorder, lambda: fail(context, "made up", discrepancy))
+    return snippet
+
+
+class ScaledLoadDriver(ReferenceDriver):
+    """Loads an adapter, then doubles its parameters (a driver bug no library snippet can show)."""
+
+    def load(self, base_model, directory, adapter="default", trainable=False, convert=True):
+        model = super().load(base_model, directory, adapter, trainable, convert)
+        for key in self.adapted_modules(model):
+            live = self._tensors(model, key, adapter)
+            with torch.no_grad():
+                for tensor in live.values():
+                    tensor.mul_(2)
+        return model
+
+
+def _loaded_files_snippet(driver: ReferenceDriver, directory: str) -> str:
+    """An adapter directory written outside the recorded calls (as the golden files are), loaded through the driver,
+    its output compared with a made-up oracle 1 away: the repro must write the same files before loading them."""
+    seed, layer = 17, Layer("linear", 4, 3)
+    writer = ReferenceDriver()
+    saved = writer.adapt(Holder(build_base(layer, "float64", seed)), "loha", writer.make_config("loha", LOHA))
+    shapes = {k: v.shape for k, v in writer.get_params(saved, "layer", "default").items()}
+    generator = torch.Generator().manual_seed(seed)
+    writer.set_params(saved, "layer", "default", {k: torch.rand(s, generator=generator, dtype=torch.float64)
+                                                   for k, s in shapes.items()})  # fmt: skip
+    writer.save(saved, directory)
+    recorder = RecordingDriver(driver)
+    loaded = recorder.load(Holder(build_base(layer, "float64", seed)), directory)
+    x = random_tensor((2, 4), "float64", seed + 1)
+    with torch.no_grad():
+        y = loaded.eval()(x)
+    context = plugin.Context("CORE-SAVE-10", "loha", "reference", shapes={"x": (2, 4)}, seed=seed)
+    tol = tolerance("N", "float64")
+    snippet, _ = _rendered(recorder, lambda: assert_close_to_oracle(
+        context=context, what="output of the loaded adapter", actual=y, expected=y + 1, tol=tol, scale=1
+    ))  # fmt: skip
+    assert "safetensors.torch.save_file(" in snippet
+    return snippet
+
+
+def test_observation_repros_reproduce_only_the_library(tmp_path):
+    """Each observation a repro repeats (a parameter after torch was seeded, a gradient after the same backward, the
+    adapted modules, the active adapters, the parameter shapes and flags, the warnings of a call, the output of an
+    adapter loaded from files the test wrote itself), run in a clean interpreter: the library's own value prints
+    `REPRODUCED`; the value a misreading driver reported prints `NOT REPRODUCED`."""
+    makers = [_seeded_param_snippet, _grad_snippet, _adapted_set_snippet, _active_snippet, _shapes_snippet,
+              _requires_grad_snippet, _warning_snippet]  # fmt: skip
+    broken = {_adapted_set_snippet: MisreportingDriver, _active_snippet: MisreportingDriver,
+              _requires_grad_snippet: FlippedFlagsDriver, _warning_snippet: MisreportingDriver}  # fmt: skip
+    snippets = [make(kind()) for make in makers for kind in (ReferenceDriver, broken.get(make, ScaledReadsDriver))]
+    snippets += [
+        _loaded_files_snippet(kind(), str(tmp_path / kind.__name__)) for kind in (ReferenceDriver, ScaledLoadDriver)
+    ]
+    printed = _run_each(snippets)
+    assert [_reproduced(p) for p in printed] == [True, False] * (len(makers) + 1), printed
+    assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
+
+
+def test_second_base_model_reuses_the_header():
+    """A repro with two base models defines `Holder` (and imports torch) once."""
+    recorder, seed = RecordingDriver(ReferenceDriver()), 15
+    for _ in range(2):
+        model = recorder.adapt(Holder(build_base(Layer("linear", 4, 3), "float64", seed)), "loha",
+                               recorder.make_config("loha", LOHA))  # fmt: skip
+    context = plugin.Context("CORE-MATCH-1", "loha", "reference", seed=seed)
+    adapted = recorder.adapted_modules(model)
+    snippet, _ = _rendered(recorder, lambda: test_matching.assert_adapted(context, "made up", adapted, ["other"]))
+    assert snippet.count("class Holder(") == 1 and snippet.count("import torch, transformers") == 1, snippet
+    scope: dict = {}
+    with redirect_stdout(io.StringIO()) as printed:
+        exec(compile(snippet, "<repro>", "exec"), scope)
+    assert _reproduced(printed.getvalue()), printed.getvalue()
+
+
+def test_rig_model_code_rebuilds_the_tensors():
+    """The lifecycle contracts' `Rig` (two layers and a head) is written as source that rebuilds it exactly."""
+    layer, head = Layer("linear", 3, 2), Layer("linear", 2, 2)
+    rig = Rig(build_base(layer, "float64", 4), build_base(layer, "float64", 11), build_base(head, "float64", 9))
+    code = module_code("model", rig, rig.state_dict(), (4, 11, 9))
+    assert code is not None and "torch.tensor(" not in code
+    scope: dict = {}
+    exec(compile(code, "<model>", "exec"), scope)
+    x = random_tensor((2, 3), "float64", 1)
+    assert torch.equal(scope["model"](x), rig(x))
