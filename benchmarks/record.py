@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from conformance._version import __version__
+from conformance.check import git_commit
 
 from .subjects import Subject
 from .workloads import BenchTuner, LayerWorkload, ModelWorkload
@@ -59,14 +59,6 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return result.stdout.strip()
-
-
 def machine_info(device: torch.device) -> dict:
     """Where the run happened: platform, Python, torch, CPUs, torch's intra-op threads, the load average, GPU."""
     info = {
@@ -98,7 +90,7 @@ def header(settings_dict: dict, command: str, device: torch.device, implementati
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         },
         "machine_info": machine_info(device),
-        "commit_info": {"id": _git_commit()},
+        "commit_info": {"id": git_commit()},
         "implementations": implementations,
     }
 

@@ -116,13 +116,26 @@ def assert_equal(context: Context, what: str, actual: Any, expected: Any, observ
     `actual` again through, where it is not a tensor: "output" for the output's shape ("shape"), else an exact
     observation ("differs")."""
     __tracebackhide__ = True
-    same = torch.equal(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
+    same = _identical(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
     if not same:
         difference = _first_difference(what, actual, expected)
         if observe is not None:
             kind, admissible = ("shape", expected) if observe == "output" else ("differs", (expected,))
             difference = Discrepancy(what, (), admissible, actual, 0.0, observe, kind=kind)
         fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}", difference)
+
+
+def _identical(actual: torch.Tensor, expected: Any) -> bool:
+    """Equal values, or the same bits (a NaN output computed twice the same way is the same output)."""
+    if torch.equal(actual, expected):
+        return True
+    comparable = isinstance(expected, torch.Tensor) and (actual.dtype, actual.shape) == (expected.dtype, expected.shape)
+    return comparable and torch.equal(_bits(actual), _bits(expected))
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes, one uint8 per byte (its bit pattern, for bitwise comparisons)."""
+    return tensor.detach().contiguous().view(torch.uint8)
 
 
 def assert_raises_clause(

@@ -183,7 +183,7 @@ def _report(
         driver_options=dict(getattr(driver, "driver_options", {})),
         api_map=dict(getattr(driver, "api_map", {})),
         command=command or f"conformance.check({spec!r})",
-        git_commit=_git_commit(),
+        git_commit=git_commit(),
         results=[Row(**row, repro_verified=False) for row in rows],
     )
 
@@ -195,7 +195,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit checked out where this package's contracts live (None outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=CONTRACTS, check=True, timeout=10

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from . import coverage
-from .assertions import Context
+from .assertions import Context, assert_equal
 from .drivers.base import Driver, TunerCapabilities
 from .rows import RowSpec
 from .spec.layer import Adapter, Layer
@@ -89,8 +89,8 @@ class AdaptedLayer:
 
     def adapter(self, driver: Driver, name: str = "default") -> Adapter:
         """The oracle's view of adapter `name`: resolved config, parameters read back in float64."""
-        params = {k: v.double() for k, v in driver.get_params(self.model, KEY, name).items()}
-        return Adapter(self.record.resolve(self.config, KEY), params)
+        resolved = self.record.resolve(self.config, KEY)
+        return read_adapter(self.context, self.record, resolved, self.layer, driver.get_params(self.model, KEY, name))
 
     def input(self, data: st.DataObject, edge_cases: bool = False) -> torch.Tensor:
         """An input drawn by `strategies.input_shapes` (ordinary, or with the edge cases)."""
@@ -98,6 +98,19 @@ class AdaptedLayer:
         self.context.shapes["x"] = shape
         coverage.note_input(shape, self.layer)
         return random_tensor(shape, self.row.dtype, self.seed + 1)
+
+
+def read_adapter(
+    context: Context, record: TunerRecord, resolved: dict, layer: Layer, params: dict[str, torch.Tensor]
+) -> Adapter:
+    """The oracle's view of an adapter (its resolved config, its parameters read back, in float64), once its
+    parameters have SPEC's shapes (⟨S⟩, the oracle's `param_shapes`): parameters that do not fit the layer fail the
+    row here, where the oracle could only refuse them."""
+    __tracebackhide__ = True
+    shapes = {name: tuple(value.shape) for name, value in sorted(params.items())}
+    expected = dict(sorted(record.oracle.param_shapes(resolved, layer).items()))
+    assert_equal(context, "adapter parameter shapes", shapes, expected, "shapes")
+    return Adapter(resolved, {name: value.double() for name, value in params.items()})
 
 
 def adapt_module(driver: Driver, tuner: str, module: nn.Module, config: dict) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .check import _git_commit, check
+from .check import check, git_commit
 from .mutants import CATALOG, Mutant
 from .report import Row
 from .rows import SHOULD
@@ -75,7 +76,7 @@ def run_matrix(
 
     def run(mutant: Mutant) -> None:
         report = check(mutant.spec, tuners=[mutant.tuner], profile=profile, seed=seed, isolate=True, verify=False)
-        result = mutant_result(mutant, report.results)
+        result = {**mutant_result(mutant, report.results), "git_commit": git_commit()}
         verdict = f"killed by {', '.join(result['killed_by'])}" if result["killed"] else "NOT KILLED"
         progress(f"{mutant.spec} ({mutant.tuner}): {verdict}")
         with lock:
@@ -101,7 +102,7 @@ def matrix(
         "profile": profile,
         "seed": seed,
         "command": command,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "torch": torch.__version__,
         "complete": len(ordered) == len(mutants),
         "catalog_size": len(mutants),
@@ -126,6 +127,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         + ("" if data["complete"] else f" **Partial run**: {data['total']} of {data['catalog_size']} mutants so far."),
         "",
         f"Command: `{data['command']}`",
+        *_provenance(data["mutants"], data["git_commit"]),
         "",
         f"**Kill rate: {data['killed']}/{data['total']} mutants ({100 * data['kill_rate']:.1f}%)**; clauses killed "
         f"by some mutant: {data['clauses_killed']}/{data['clauses']}.",
@@ -141,3 +143,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["| clause | tuners |", "|---|---|"]
     lines += [f"| {c['clause']} | {', '.join(c['tuners'])} |" for c in data["unkilled_clauses"]]
     return "\n".join(lines) + "\n"
+
+
+def _provenance(results: list[dict[str, Any]], commit: str | None) -> list[str]:
+    """A line naming the commits the results were run at, when (after `--resume`) not all at the header's."""
+    counts = Counter(result.get("git_commit", commit) for result in results)  # absent: the header's
+    if set(counts) <= {commit}:
+        return []
+    runs = ", ".join(f"`{(c or 'unknown')[:12]}` ({n})" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ["", f"Resumed run: the mutants' results come from these commits (mutants each): {runs}."]

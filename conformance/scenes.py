@@ -19,7 +19,7 @@ from torch import nn
 from . import coverage
 from .assertions import Context, assert_close_to_oracle, assert_equal, fail, unwarned
 from .drivers.base import Driver
-from .harness import KEY, Holder, claimed_layers, require_base_runs
+from .harness import KEY, Holder, claimed_layers, read_adapter, require_base_runs
 from .rows import RowSpec
 from .spec.layer import Adapter, Layer, op
 from .spec.record import TunerRecord
@@ -146,8 +146,9 @@ class Scene:
 
     def adapter(self, driver: Driver, name: str, key: str = KEY) -> Adapter:
         """The oracle's view of adapter `name` on `key`: its own resolved config, parameters read back."""
-        params = {k: v.double() for k, v in driver.get_params(self.model, key, name).items()}
-        return Adapter(self.setup.record.resolve(self.setup.configs[name], key), params)
+        resolved = self.setup.record.resolve(self.setup.configs[name], key)
+        params = driver.get_params(self.model, key, name)
+        return read_adapter(self.context, self.setup.record, resolved, self.setup.layer, params)
 
     def adapters(self, driver: Driver, names: Iterable[str], key: str = KEY) -> list[Adapter]:
         return [self.adapter(driver, name, key) for name in names if self.injected(driver, name, key)]

@@ -5,8 +5,9 @@
 runs every catalog mutant against all contract families of its tuner (one child process each, no stopping at the
 first kill, repros not verified), prints one progress line per mutant to stderr, and writes the matrix as JSON to
 `--out` and its Markdown (`conformance.mutation.render_markdown`) next to it with the suffix `.md`, both rewritten
-after every mutant. `--resume` keeps the results `--out` already holds and runs only the mutants it lacks. A full
-run takes a while (up to minutes per mutant: hypothesis shrinks every failing row); use `--jobs` and `--resume`.
+after every mutant. `--resume` keeps the results `--out` already holds (each with the commit it was run at; the `.md`
+names them when they differ) and runs only the mutants it lacks. A full run takes a while (up to minutes per mutant:
+hypothesis shrinks every failing row); use `--jobs` and `--resume`.
 """
 
 from __future__ import annotations
@@ -33,13 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     mutants = [m for m in CATALOG if not args.only or any(s in m.spec for s in args.only)]
     command = shlex.join(["python", "-m", "conformance.mutants", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out)
-    done = json.loads(out.read_text(encoding="utf-8"))["mutants"] if args.resume and out.exists() else []
+    done = kept_results(out) if args.resume and out.exists() else []
     data = run_matrix(
         mutants, args.jobs, args.profile, args.seed, command, done=done, on_update=lambda data: write(out, data)
     )
     write(out, data)
     print(f"kill rate {data['killed']}/{data['total']}; unkilled clauses {len(data['unkilled_clauses'])}; wrote {out}")
     return 0
+
+
+def kept_results(out: Path) -> list[dict]:
+    """The results an earlier matrix file holds, each naming the commit it was run at (older files: the header's)."""
+    data = json.loads(out.read_text(encoding="utf-8"))
+    return [{"git_commit": data["git_commit"], **result} for result in data["mutants"]]
 
 
 def write(out: Path, data: dict) -> None:

@@ -122,3 +122,13 @@ def test_the_markdown_lists_every_mutant_and_unkilled_clause():
     assert "| HRA-R-1 |" not in unkilled_section
     del results[mutants[2].spec, mutants[2].tuner]
     assert "2 of 3 mutants so far" in render_markdown(matrix(mutants, results, "ci", 0, None))
+
+
+def test_a_resumed_matrix_names_the_commits_of_its_results():
+    mutants = list(CATALOG[:3])
+    commits = dict(zip(mutants, "aab", strict=True))
+    results = {(m.spec, m.tuner): {**mutant_result(m, []), "git_commit": commits[m]} for m in mutants}
+    data = matrix(mutants, results, "ci", 0, None)
+    text = render_markdown({**data, "git_commit": "a"})
+    assert "Resumed run" in text and "`a` (2), `b` (1)" in text
+    assert "Resumed run" not in render_markdown({**data, "git_commit": "a", "mutants": data["mutants"][:2]})
