@@ -166,6 +166,14 @@ class Scene:
         coverage.note_input(shape, self.setup.layer)
         return random_tensor(shape, self.setup.row.dtype, self.setup.seed + 1)
 
+    def assert_output_close(self, what: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+        """⟨N⟩ at the row's dtype: an output against the expected one, scaled by the expected output."""
+        __tracebackhide__ = True
+        tol = tolerance("N", self.setup.row.dtype)
+        assert_close_to_oracle(
+            context=self.context, what=what, actual=actual, expected=expected, tol=tol, scale=scale(expected)
+        )
+
     def expected_output(self, x: torch.Tensor, weights: dict[str, tuple]) -> torch.Tensor:
         """The float64 closed form of the model's output, given each key's effective (W, b)."""
         outputs = [op(x.double(), *weights[key], self.setup.layer) for key in self.setup.keys]

@@ -164,14 +164,8 @@ def test_merged_output_equals_unmerged(row, driver, data):
     driver.merge(scene.model, data.draw(st.sampled_from([None, order]), label="adapter_names"))
     with torch.no_grad():
         merged = scene.model(x)
-    assert_close_to_oracle(
-        context=scene.context,
-        what=f"merged output (merge order {order}) vs the unmerged output with active {order}",
-        actual=merged,
-        expected=unmerged,
-        tol=tolerance("N", scene.setup.row.dtype),
-        scale=scale(unmerged),
-    )
+    what = f"merged output (merge order {order}) vs the unmerged output with active {order}"
+    scene.assert_output_close(what, merged, unmerged)
 
 
 @pytest.mark.contract("CORE-FWD-9")
@@ -196,14 +190,7 @@ def test_merged_forward_uses_merged_weights_only(row, driver, data):
         ("op(x; W_merged, b_merged)", scene.expected_output(x, {KEY: scene.tensors(driver)})),
         (f"the unmerged output with active [{merged_name!r}]", unmerged),
     ):
-        assert_close_to_oracle(
-            context=scene.context,
-            what=f"{what} vs {versus}",
-            actual=y,
-            expected=expected,
-            tol=tolerance("N", scene.setup.row.dtype),
-            scale=scale(expected),
-        )
+        scene.assert_output_close(f"{what} vs {versus}", y, expected)
 
 
 def check_merged_weight(row: RowSpec, driver: Driver, data: st.DataObject) -> None:

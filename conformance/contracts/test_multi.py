@@ -88,14 +88,7 @@ def assert_output(driver: Driver, scene: Scene, order: list[str], x: torch.Tenso
     with torch.no_grad():
         y = scene.model(x)
     expected = scene.expected_output(x, {KEY: scene.effective(driver, order)})
-    assert_close_to_oracle(
-        context=scene.context,
-        what=f"{what} with active list {order}",
-        actual=y,
-        expected=expected,
-        tol=tolerance("N", scene.setup.row.dtype),
-        scale=scale(expected),
-    )
+    scene.assert_output_close(f"{what} with active list {order}", y, expected)
 
 
 def check_composition(
