@@ -284,7 +284,7 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
             return None
         layer, constructor = geometry
         dtype = next(iter(tensors.values())).dtype
-        seed = next((s for s in seeds if _built_from(layer, dtype, s, tensors)), None)
+        seed = None if layer is None else next((s for s in seeds if _built_from(layer, dtype, s, tensors)), None)
         lines.append(f"{name} = {constructor}")
         if seed is not None:  # exactly as strategies.build_base(layer, dtype, seed)
             lines += [
@@ -308,9 +308,13 @@ def _leaf_var(var: str, key: str) -> str:
     return f"{var}_{key.replace('.', '_')}"
 
 
-def _geometry(leaf: nn.Module) -> tuple[Layer, str] | None:
-    """The `Layer` a base module is, and the source that constructs it (float32, as `build_base` does)."""
+def _geometry(leaf: nn.Module) -> tuple[Layer | None, str] | None:
+    """The `Layer` a base module is, and the source that constructs it (float32, as `build_base` does); an Embedding
+    (no `Layer`: the unsupported kind CORE-INJ-2 offers) has only its source."""
     from transformers.pytorch_utils import Conv1D
+
+    if type(leaf) is nn.Embedding:
+        return None, f"nn.Embedding({leaf.num_embeddings}, {leaf.embedding_dim})"
 
     if type(leaf) is nn.Linear:
         layer = Layer("linear", leaf.in_features, leaf.out_features)

@@ -599,3 +599,14 @@ def test_rig_model_code_rebuilds_the_tensors():
     exec(compile(code, "<model>", "exec"), scope)
     x = random_tensor((2, 3), "float64", 1)
     assert torch.equal(scope["model"](x), rig(x))
+
+
+def test_an_embedding_base_is_written_as_source():
+    """CORE-INJ-2 offers an Embedding: its model is written out (no `Layer` geometry), weights included."""
+    from conformance.recording import module_code
+
+    model = Holder(torch.nn.Embedding(3, 2).double())
+    namespace: dict[str, Any] = {}
+    exec(module_code("model", model, model.state_dict()), namespace)
+    rebuilt = namespace["model"].layer
+    assert type(rebuilt) is torch.nn.Embedding and torch.equal(rebuilt.weight, model.layer.weight)
