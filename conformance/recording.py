@@ -195,52 +195,11 @@ def _base_state(name: str, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]
 
 # ---- base models as source (torch and transformers only), for the repros ----------------------------------------
 
-_HOLDER = [
-    "class Holder(nn.Module):",
-    "    def __init__(self, layer):",
-    "        super().__init__()",
-    "        self.layer = layer",
-    "    def forward(self, x):",
-    "        return self.layer(x)",
-]
-_TWIN = [
-    "class Twin(nn.Module):",
-    "    def __init__(self, first, second):",
-    "        super().__init__()",
-    "        self.layer = first",
-    "        self.inner = Holder(second)",
-    "    def forward(self, x):",
-    "        return self.layer(x) + self.inner(x)",
-]
-_RIG = [
-    "class Rig(nn.Module):",
-    "    def __init__(self, first, second=None, head=None):",
-    "        super().__init__()",
-    "        self.layer = first",
-    "        self.inner = None if second is None else Holder(second)",
-    "        self.head = head",
-    "    def forward(self, x):",
-    "        y = self.layer(x)",
-    "        if self.inner is not None:",
-    "            y = y + self.inner(x)",
-    "        return y if self.head is None else self.head(y)",
-]
-_BUNDLE = [
-    "class Bundle(nn.Module):",
-    "    def __init__(self, leaves):",
-    "        super().__init__()",
-    "        self.leaf_keys = list(leaves)",
-    "        for key, module in leaves.items():",
-    "            parent = self",
-    "            *path, last = key.split('.')",
-    "            for part in path:",
-    "                if part not in parent._modules:",
-    "                    parent.add_module(part, nn.Module())",
-    "                parent = parent._modules[part]",
-    "            parent.add_module(last, module)",
-    "    def forward(self, x):",
-    "        return torch.cat([self.get_submodule(key)(x) for key in self.leaf_keys], dim=-1)",
-]
+
+def _source(*classes: type) -> list[str]:
+    """The source lines of the model classes a snippet defines: the very classes the suite builds its models from.
+    Blank lines are left out: a repro takes a class to end at its first unindented line."""
+    return [line for cls in classes for line in inspect.getsource(cls).splitlines() if line.strip()]
 
 
 LITERAL_LIMIT = 4096  # tensor elements a repro may write out literally (more: no repro, rather than a huge one)
@@ -256,19 +215,19 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
     from .scenes import Twin
 
     if type(module) is Holder:
-        leaves, classes = {"layer": module.layer}, _HOLDER
+        leaves, classes = {"layer": module.layer}, _source(Holder)
         wrapper = f"{var} = Holder({var}_layer)"
     elif type(module) is Twin and type(module.inner) is Holder:
-        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _HOLDER + _TWIN
+        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _source(Holder, Twin)
         wrapper = f"{var} = Twin({var}_layer, {var}_inner_layer)"
     elif type(module) is Rig and (module.inner is None or type(module.inner) is Holder):
         inner = None if module.inner is None else module.inner.layer
         parts = {"layer": module.layer, "inner.layer": inner, "head": module.head}
-        leaves, classes = {key: leaf for key, leaf in parts.items() if leaf is not None}, _HOLDER + _RIG
+        leaves, classes = {key: leaf for key, leaf in parts.items() if leaf is not None}, _source(Holder, Rig)
         arguments = (_leaf_var(var, key) if key in leaves else "None" for key in parts)
         wrapper = f"{var} = Rig({', '.join(arguments)})"
     elif type(module) is Bundle:
-        leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, _BUNDLE
+        leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, _source(Bundle)
         wrapper = f"{var} = Bundle({{{', '.join(f'{key!r}: {_leaf_var(var, key)}' for key in leaves)}}})"
     else:
         return None
