@@ -206,20 +206,20 @@ LITERAL_LIMIT = 4096  # tensor elements a repro may write out literally (more: n
 
 
 def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], seeds: Iterable[int] = ()) -> str | None:
-    """Source binding `var` to a `Holder`, a `Twin`, a `Rig` or a `Bundle` of Linear / Conv1d-3d /
+    """Source binding `var` to a `Holder`, a `Twin`, a `Both`, a `Rig` or a `Bundle` of Linear / Conv1d-3d /
     transformers Conv1D layers with the tensors `state` (the model's `state_dict()` as it was passed): each layer
     built as `strategies.build_base` does where one of `seeds` gives exactly those tensors, else written out.
     `module` is the live model, whose tuner layers are looked through (`base_layer`) for the geometry. None for any
     other model, or too many literals."""
     from .harness import Bundle, Holder, Rig
-    from .scenes import Twin
+    from .scenes import Both, Twin
 
     if type(module) is Holder:
         leaves, classes = {"layer": module.layer}, _source(Holder)
         wrapper = f"{var} = Holder({var}_layer)"
-    elif type(module) is Twin and type(module.inner) is Holder:
-        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _source(Holder, Twin)
-        wrapper = f"{var} = Twin({var}_layer, {var}_inner_layer)"
+    elif type(module) in (Twin, Both) and type(module.inner) is Holder:
+        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _source(Holder, type(module))
+        wrapper = f"{var} = {type(module).__name__}({var}_layer, {var}_inner_layer)"
     elif type(module) is Rig and (module.inner is None or type(module.inner) is Holder):
         inner = None if module.inner is None else module.inner.layer
         parts = {"layer": module.layer, "inner.layer": inner, "head": module.head}
@@ -235,8 +235,8 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
     literal = 0
     for prefix, leaf in leaves.items():
         name = _leaf_var(var, prefix)
-        while hasattr(leaf, "base_layer"):  # a tuner layer injected since: its base holds the geometry
-            leaf = leaf.base_layer
+        while hasattr(leaf, "base_layer") or hasattr(leaf, "original_module"):  # wrapped since: the base holds it
+            leaf = getattr(leaf, "base_layer", None) or leaf.original_module
         geometry = _geometry(leaf)
         tensors = {n: state.get(f"{prefix}.{n}") for n, _ in leaf.named_parameters()}
         if geometry is None or any(t is None for t in tensors.values()):

@@ -46,6 +46,19 @@ class Twin(nn.Module):
         return self.layer(x) + self.inner(x)
 
 
+class Both(nn.Module):
+    """Two base layers of one geometry under the keys `layer` and `inner.layer`, both applied to the input and
+    stacked (`y[0]`, `y[1]`), so that each tuner layer's output is observed on its own."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.layer = first
+        self.inner = Holder(second)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack((self.layer(x), self.inner(x)))
+
+
 def offers(driver: Driver, tuner: str, surface: str) -> bool:
     return surface in driver.capabilities().tuners[tuner].surfaces
 

@@ -34,7 +34,7 @@ from conformance.harness import (
     require_base_runs,
 )
 from conformance.rows import RowSpec
-from conformance.scenes import ALL_DTYPES, SECOND, assert_unchanged, build, draw_setup, offers, require_lifecycle
+from conformance.scenes import ALL_DTYPES, SECOND, Both, assert_unchanged, build, draw_setup, offers, require_lifecycle
 from conformance.spec.layer import Adapter, Layer, flat, op
 from conformance.spec.record import TunerRecord
 from conformance.spec.records import RECORDS
@@ -321,19 +321,6 @@ def test_conv_output_shape(row, driver, data):
         assert_equal(adapted.context, what, tuple(y.shape), tuple(expected), "output")
 
 
-class Both(nn.Module):
-    """Two base layers of one geometry under the keys `layer` and `inner.layer`, both applied to the input; the
-    output is the pair of their outputs, so each tuner layer's output is observed on its own (whatever its shape)."""
-
-    def __init__(self, first: nn.Module, second: nn.Module) -> None:
-        super().__init__()
-        self.layer = first
-        self.inner = Holder(second)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layer(x), self.inner(x)
-
-
 @pytest.mark.contract("CORE-FWD-5")
 @given(data=st.data())
 def test_no_applicable_adapter_is_base(row, driver, data):
@@ -368,18 +355,11 @@ def test_no_applicable_adapter_is_base(row, driver, data):
     context.shapes["x"] = tuple(x.shape)
     driver.set_active(model, [SECOND])
     y = _forward(model, x)
-    assert_equal(
-        context,
-        f"output of `layer` with active [{SECOND}] (not injected there)",
-        y[0],
-        _forward(_base(driver, model), x),
-    )
+    what = f"output of `layer` with active [{SECOND}] (not injected there)"
+    assert_equal(context, what, y[:1], _forward(_base(driver, model), x)[None])
     driver.set_active(model, [])
-    y = _forward(model, x)
-    for index, key in enumerate((KEY, "inner.layer")):
-        assert_equal(
-            context, f"output of {key!r} with an empty active list", y[index], _forward(_base(driver, model, key), x)
-        )
+    bases = torch.stack([_forward(_base(driver, model, key), x) for key in (KEY, "inner.layer")])
+    assert_equal(context, "outputs of `layer` and `inner.layer` with an empty active list", _forward(model, x), bases)
 
 
 def _dropouts(record: TunerRecord, p: float) -> dict:
