@@ -111,15 +111,20 @@ def assert_close_to_oracle(
         )
 
 
-def assert_equal(context: Context, what: str, actual: Any, expected: Any, observe: str | None = None) -> None:
+def assert_equal(
+    context: Context, what: str, actual: Any, expected: Any, observe: str | dict[str, Any] | None = None
+) -> None:
     """⟨S⟩/⟨Z⟩ checks: exact equality (`torch.equal` for tensors). `observe`: the `Discrepancy.target` a repro observes
     `actual` again through, where it is not a tensor: "output" for the output's shape ("shape"), else an exact
-    observation ("differs")."""
+    observation ("differs"); for tensors, a dict of `Discrepancy` fields saying how a repro reads `actual` again,
+    where its name alone (`target_of`) does not."""
     __tracebackhide__ = True
     same = _identical(actual, expected) if isinstance(actual, torch.Tensor) else actual == expected
     if not same:
         difference = _first_difference(what, actual, expected)
-        if observe is not None:
+        if isinstance(observe, dict):
+            difference = None if difference is None else replace(difference, **observe)
+        elif observe is not None:
             kind, admissible = ("shape", expected) if observe == "output" else ("differs", (expected,))
             difference = Discrepancy(what, (), admissible, actual, 0.0, observe, kind=kind)
         fail(context, f"{what} = {_short(actual)}, but should be {_short(expected)}", difference)

@@ -25,7 +25,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from conformance.assertions import Context, assert_close_to_oracle, assert_equal, fail
-from conformance.drivers.base import Driver
+from conformance.drivers.base import Discrepancy, Driver
 from conformance.harness import KEY, seed_torch
 from conformance.rows import SHOULD, RowSpec
 from conformance.scenes import ALL_DTYPES, SECOND, Scene, build, draw_setup, fill_row, offers
@@ -124,6 +124,11 @@ def train_forwards(scene: Scene, x: Tensor, count: int) -> list[Tensor]:
         outputs = [scene.model(x) for _ in range(count)]
     scene.model.eval()
     return outputs
+
+
+def replayed(scene: Scene, forwards: int) -> dict:
+    """The `Discrepancy` fields a repro replays `train_forwards` with: the output of the `forwards`-th forward."""
+    return {"target": "output", "mode": "train", "forwards": forwards, "train_seed": scene.setup.seed}
 
 
 def delta(scene: Scene, adapter: Adapter, weight: Tensor) -> Tensor:
@@ -438,7 +443,13 @@ def test_rank_dropout(row, driver, data):
     forwards = max(20, math.ceil(FORWARDS_RANK / out))
     observed = torch.stack([channels_last(y.double(), layer.is_conv) for y in train_forwards(scene, x, forwards)])
     if not bool(torch.isfinite(observed).all()):
-        fail(ctx, f"train-mode outputs (rank_dropout {ps[: len(names)]}) have non-finite entries, but should be finite")
+        what = f"train-mode outputs (rank_dropout {ps[: len(names)]})"
+        replay = replayed(scene, forwards)
+        fail(
+            ctx,
+            f"{what} have non-finite entries, but should be finite",
+            Discrepancy(what, (), None, None, 0.0, **replay, kind="nonfinite"),
+        )
     system = full.permute(2, 1, 0)  # (out, positions, adapters)
     rhs = (observed - base).permute(2, 1, 0)  # (out, positions, forwards)
     factors = torch.linalg.lstsq(system, rhs).solution.permute(2, 0, 1)  # (forwards, out, adapters)
@@ -481,9 +492,8 @@ def test_rank_dropout_all_dropped(row, driver, data):
     with torch.no_grad():
         expected = base_layer(x)
     for index, y in enumerate(train_forwards(scene, x, 2)):
-        assert_equal(
-            scene.context, f"train-mode output {index} with rank_dropout = 1 (vs base(x), bitwise)", y, expected
-        )
+        what = f"train-mode output {index} with rank_dropout = 1 (vs base(x), bitwise)"
+        assert_equal(scene.context, what, y, expected, observe=replayed(scene, index + 1))
 
 
 @pytest.mark.contract("LOHA-DROP-3")

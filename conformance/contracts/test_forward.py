@@ -33,13 +33,14 @@ from conformance.harness import (
     clause_variants,
     require_base_runs,
 )
+from conformance.probes import applied_weight
 from conformance.rows import RowSpec
 from conformance.scenes import ALL_DTYPES, SECOND, Both, assert_unchanged, build, draw_setup, offers, require_lifecycle
 from conformance.spec.layer import Adapter, Layer, flat, op
 from conformance.spec.record import TunerRecord
 from conformance.spec.records import RECORDS
 from conformance.spec.tolerances import scale, tolerance
-from conformance.strategies import DTYPES, build_base, input_shapes, random_tensor, seeds
+from conformance.strategies import build_base, input_shapes, random_tensor, seeds
 
 LINEAR_KINDS = ("linear", "hf_conv1d")
 CONV_KINDS = ("conv1d", "conv2d", "conv3d")
@@ -171,11 +172,25 @@ def _base(driver: Driver, model: nn.Module, key: str = KEY) -> nn.Module:
     return driver.layer_state(model, key).base_layer
 
 
-def _close(context: Context, what: str, actual: torch.Tensor, expected: torch.Tensor, dtype: str = "float64") -> None:
-    """⟨N⟩ at the dtype's single-layer tolerance, S over the reference."""
+def _close(
+    context: Context,
+    what: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: str = "float64",
+    derive: str | None = None,
+) -> None:
+    """⟨N⟩ at the dtype's single-layer tolerance, S over the reference. `derive`: `actual` as a repro recomputes it
+    from the applied weight W (`applied_weight`) and the base weight B (`Discrepancy.derive`)."""
     __tracebackhide__ = True
     assert_close_to_oracle(
-        context=context, what=what, actual=actual, expected=expected, tol=tolerance("N", dtype), scale=scale(expected)
+        context=context,
+        what=what,
+        actual=actual,
+        expected=expected,
+        tol=tolerance("N", dtype),
+        scale=scale(expected),
+        observe=None if derive is None else {"target": "applied", "derive": derive},
     )
 
 
@@ -193,21 +208,10 @@ def probe_geometry(layer: Layer) -> Layer:
     return replace(layer, padding=(0,) * dims, dilation=(1,) * dims, padding_mode="zeros")
 
 
-def probe_weight(model: nn.Module, layer: Layer, dtype: str, bias: torch.Tensor | None) -> torch.Tensor:
-    """The effective weight W′ (logical orientation, float64) the implementation applies, observed through forward:
-    linear kinds `(y(I) − b)ᵀ`; convolutions (of `probe_geometry`) the outputs for one-hot inputs over every input
-    channel and kernel position, `W′[o, c, κ] = y(e_{g(o)·C + c, κ})[o] − b[o]` (C = in_channels/groups)."""
-    if not layer.is_conv:
-        x = torch.eye(layer.in_features, dtype=torch.float64).to(DTYPES[dtype])
-        y = _forward(model, x).double()
-        return (y - (0 if bias is None else bias)).T
-    count = layer.in_features * layer.kernel_numel
-    x = torch.eye(count, dtype=torch.float64).reshape(count, layer.in_features, *layer.kernel_size).to(DTYPES[dtype])
-    y = _forward(model, x).double().reshape(count, layer.out_features)
-    y = (y - (0 if bias is None else bias)).reshape(layer.in_features, layer.kernel_numel, layer.out_features)
-    c, per_group = layer.channels_per_group, layer.out_features // layer.groups
-    rows = [y[(o // per_group) * c : (o // per_group + 1) * c, :, o] for o in range(layer.out_features)]
-    return torch.stack(rows).reshape(layer.weight_shape)
+def probe_weight(driver: Driver, model: nn.Module) -> torch.Tensor:
+    """The effective weight W′ (logical orientation, float64) the implementation applies at `layer`, observed through
+    forward on a one-hot basis (`probes.applied_weight`; convolutions of `probe_geometry`)."""
+    return applied_weight(model, _base(driver, model))
 
 
 def assert_rank_at_most(context: Context, what: str, matrix: torch.Tensor, bound: int, dtype: str = "float64") -> None:
@@ -454,7 +458,7 @@ def test_bone_no_divisibility(row, driver, data):
     weight, bias = _tensors(driver, adapted.model, layer)
     expected = op(x.double(), weight, bias, layer) + record.oracle.chunk_sum_delta(x.double(), block)
     _close(adapted.context, "output vs base(x) + s(x) B (padded chunk sum)", _forward(adapted.model, x), expected)
-    observed = probe_weight(adapted.model, layer, row.dtype, bias) - weight  # ΔW[o, i]
+    observed = probe_weight(driver, adapted.model) - weight  # ΔW[o, i]
     r = block.shape[0]
     for i in range((layer.in_features // r) * r, layer.in_features):
         _close(
@@ -462,6 +466,7 @@ def test_bone_no_divisibility(row, driver, data):
             f"delta of input column {i} (≥ ⌊in/r⌋·r = {(layer.in_features // r) * r})",
             observed[:, i],
             block[i % r],
+            derive=f"(W - B)[:, {i}]",
         )
 
 
@@ -479,8 +484,8 @@ def test_bone_delta_independent_of_weight(row, driver, data):
         base.weight.copy_(torch.rand(base.weight.shape, generator=generator, dtype=torch.float64) * 4 - 2)
     after = _forward(adapted.model, x).double() - _forward(base, x).double()
     _close(adapted.context, "y − base(x) after the base weight was changed, vs before", after, before)
-    weight, bias = _tensors(driver, adapted.model, adapted.layer)
-    delta = probe_weight(adapted.model, adapted.layer, row.dtype, bias) - weight
+    weight = _tensors(driver, adapted.model, adapted.layer)[0]
+    delta = probe_weight(driver, adapted.model) - weight
     assert_rank_at_most(adapted.context, "the applied delta ΔW = W_eff − W", delta, adapted.config["r"])
 
 
@@ -621,13 +626,14 @@ def test_gralora_equivalent_weight(row, driver, data):
     adapted = _adapt(driver, row, data, **_GRID)
     layer, config = adapted.layer, adapted.config
     adapter = _read_adapter(adapted.record, adapted, driver)
-    weight, bias = _tensors(driver, adapted.model, layer)
-    delta = probe_weight(adapted.model, layer, row.dtype, bias) - weight
+    weight = _tensors(driver, adapted.model, layer)[0]
+    delta = probe_weight(driver, adapted.model) - weight
     _close(
         adapted.context,
         "applied delta W_eff − W vs the equivalent weight ΔW",
         delta,
         adapted.record.oracle.delta_weight(adapter.config, layer, adapter.params),
+        derive="W - B",
     )
     n, r, h = config["gralora_k"], config["r"], config["hybrid_r"]
     assert_rank_at_most(adapted.context, "ΔW", delta, min(n * r + h, layer.in_features, layer.out_features))
@@ -655,9 +661,10 @@ def test_gralora_single_block_is_lora(row, driver, data):
     expected = sigma * (params["gralora_A"][0] @ params["gralora_B"][0]).T
     if config["hybrid_r"] > 0:
         expected = expected + sigma * params["gralora_B_general.weight"] @ params["gralora_A_general.weight"]
-    weight, bias = _tensors(driver, adapted.model, layer)
-    delta = probe_weight(adapted.model, layer, row.dtype, bias) - weight
-    _close(adapted.context, "applied delta with gralora_k = 1 vs σ (A[0] B[0])ᵀ + σ B_gen A_gen", delta, expected)
+    weight = _tensors(driver, adapted.model, layer)[0]
+    delta = probe_weight(driver, adapted.model) - weight
+    what = "applied delta with gralora_k = 1 vs σ (A[0] B[0])ᵀ + σ B_gen A_gen"
+    _close(adapted.context, what, delta, expected, derive="W - B")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -676,8 +683,7 @@ def _set_identity(base: nn.Module, layer: Layer) -> None:
 
 def _observed_r(driver: Driver, adapted: AdaptedLayer) -> torch.Tensor:
     """R as the implementation applies it: the effective weight of a Linear whose base weight is I."""
-    bias = _tensors(driver, adapted.model, adapted.layer)[1]
-    return probe_weight(adapted.model, adapted.layer, adapted.row.dtype, bias)
+    return probe_weight(driver, adapted.model)
 
 
 def _residual_ratios(u: torch.Tensor) -> list[float]:
@@ -735,10 +741,11 @@ def test_hra_reflection_chain(row, driver, data):
     u = _u_of(_read_adapter(adapted.record, adapted, driver))
     observed = _observed_r(driver, adapted)
     if row.clause == "HRA-R-1":
-        _close(adapted.context, "applied R vs H_0 H_1 ⋯ H_{r−1}", observed, adapted.record.oracle.reflection_chain(u))
+        chain = adapted.record.oracle.reflection_chain(u)
+        _close(adapted.context, "applied R vs H_0 H_1 ⋯ H_{r−1}", observed, chain, derive="W")
         return
     eye = torch.eye(observed.shape[0], dtype=torch.float64)
-    _close(adapted.context, "RᵀR of the applied R", observed.T @ observed, eye)
+    _close(adapted.context, "RᵀR of the applied R", observed.T @ observed, eye, derive="W.T @ W")
     sign = torch.tensor((-1.0) ** u.shape[1], dtype=torch.float64)
     _close(adapted.context, "det R of the applied R", torch.linalg.det(observed), sign)
 
@@ -795,12 +802,12 @@ def test_hra_gram_schmidt(row, driver, data):
     u = _u_of(_set_u(driver, adapted, _well_conditioned(d, r, torch.Generator().manual_seed(adapted.seed + 3))))
     observed, oracle = _observed_r(driver, adapted), adapted.record.oracle
     if row.clause == "HRA-GS-1":
-        _close(adapted.context, "applied R_GS vs I − 2QQᵀ", observed, oracle.gs_reflection(u))
+        _close(adapted.context, "applied R_GS vs I − 2QQᵀ", observed, oracle.gs_reflection(u), derive="W")
         return
     eye = torch.eye(d, dtype=torch.float64)
-    _close(adapted.context, "R_GS − R_GSᵀ (symmetry)", observed - observed.T, torch.zeros_like(eye))
-    _close(adapted.context, "R_GSᵀ R_GS (orthogonality)", observed.T @ observed, eye)
-    _close(adapted.context, "R_GS² (involution)", observed @ observed, eye)
+    _close(adapted.context, "R_GS − R_GSᵀ (symmetry)", observed - observed.T, torch.zeros_like(eye), derive="W - W.T")
+    _close(adapted.context, "R_GSᵀ R_GS (orthogonality)", observed.T @ observed, eye, derive="W.T @ W")
+    _close(adapted.context, "R_GS² (involution)", observed @ observed, eye, derive="W @ W")
     q = oracle.gram_schmidt(u)
     order = data.draw(st.permutations(range(q.shape[1])), label="reflection order")
     product = eye
@@ -868,7 +875,8 @@ def test_hra_gram_schmidt_degenerate(row, driver, data):
         adapted.context.config = {**adapted.config, "last column residual ratio": ratio}
         _set_u(driver, adapted, u)
         observed = _observed_r(driver, adapted)
-        _close(adapted.context, f"R_GSᵀ R_GS, last column's residual {ratio:g}·‖u‖", observed.T @ observed, eye)
+        what = f"R_GSᵀ R_GS, last column's residual {ratio:g}·‖u‖"
+        _close(adapted.context, what, observed.T @ observed, eye, derive="W.T @ W")
         return
     use_degenerate = row.clause == "HRA-GS-4" or r > d or data.draw(st.booleans(), label="dependent columns")
     if use_degenerate:
@@ -885,6 +893,7 @@ def test_hra_gram_schmidt_degenerate(row, driver, data):
             f"applied R_GS ({kind} U) vs I − 2QQᵀ over the kept columns",
             observed,
             oracle.gs_reflection(_u_of(adapter)),
+            derive="W",
         )
         kept = torch.tensor(float(oracle.gram_schmidt(_u_of(adapter)).shape[1]), dtype=torch.float64)
         _close(
@@ -892,10 +901,11 @@ def test_hra_gram_schmidt_degenerate(row, driver, data):
             f"trace((I − R_GS)/2) ({kind} U): the number of kept directions",
             torch.trace(eye - observed) / 2,
             kept,
+            derive="torch.trace(torch.eye(W.shape[0], dtype=W.dtype) - W) / 2",
         )
         return
     _check_gs_finite(driver, adapted, data, kind)
-    _close(adapted.context, f"R_GSᵀ R_GS ({kind} U)", observed.T @ observed, eye, row.dtype)
+    _close(adapted.context, f"R_GSᵀ R_GS ({kind} U)", observed.T @ observed, eye, row.dtype, derive="W.T @ W")
 
 
 def _check_gs_finite(driver: Driver, adapted: AdaptedLayer, data: st.DataObject, kind: str) -> None:
@@ -904,7 +914,12 @@ def _check_gs_finite(driver: Driver, adapted: AdaptedLayer, data: st.DataObject,
     x = adapted.input(data).requires_grad_(True)
     y = model(x)
     if not torch.isfinite(y).all():
-        fail(ctx, f"the output ({kind} U) has non-finite values, but should be finite")
+        what = f"the output ({kind} U)"
+        fail(
+            ctx,
+            f"{what} has non-finite values, but should be finite",
+            Discrepancy(what, (), None, None, 0.0, "output", kind="nonfinite"),
+        )
     y.sum().backward()
     grads = {name: g for name, g in driver.get_grads(model, KEY, "default").items() if g is not None}
     if x.grad is not None:
@@ -991,13 +1006,14 @@ def test_hra_row_norms(row, driver, data):
     norm: W′_flat W′_flatᵀ = W_flat W_flatᵀ (both modes)."""
     row = _fill(row, driver, data)
     adapted = _adapt(driver, row, data, geometry=probe_geometry)
-    weight, bias = _tensors(driver, adapted.model, adapted.layer)
-    applied = flat(probe_weight(adapted.model, adapted.layer, row.dtype, bias))
+    weight = _tensors(driver, adapted.model, adapted.layer)[0]
+    applied = flat(probe_weight(driver, adapted.model))
     _close(
         adapted.context,
         "W′_flat W′_flatᵀ of the applied weight vs W_flat W_flatᵀ",
         applied @ applied.T,
         flat(weight) @ flat(weight).T,
+        derive="W.flatten(1) @ W.flatten(1).T",
     )
 
 
@@ -1081,9 +1097,10 @@ def test_loha_hadamard_delta(row, driver, data):
     adapted = _adapt(driver, row, data, geometry=probe_geometry)
     layer, oracle = adapted.layer, adapted.record.oracle
     adapter = _read_adapter(adapted.record, adapted, driver)
-    weight, bias = _tensors(driver, adapted.model, layer)
-    delta = probe_weight(adapted.model, layer, row.dtype, bias) - weight
-    _close(adapted.context, "applied delta vs s·(w1a w1b) ⊙ (w2a w2b)", delta, oracle.delta_weight(layer, adapter))
+    weight = _tensors(driver, adapted.model, layer)[0]
+    delta = probe_weight(driver, adapted.model) - weight
+    expected = oracle.delta_weight(layer, adapter)
+    _close(adapted.context, "applied delta vs s·(w1a w1b) ⊙ (w2a w2b)", delta, expected, derive="W - B")
     r = adapter.config["r"]
     assert_rank_at_most(adapted.context, "ΔW_flat", flat(delta), min(r * r, layer.out_features, layer.fan_in))
 
@@ -1096,10 +1113,10 @@ def test_loha_cp_delta(row, driver, data):
     row = _fill(row, driver, data)
     adapted = _adapt(driver, row, data, geometry=probe_geometry, layer_where=lambda g: g.kernel_numel > 1)
     layer = adapted.layer
-    weight, bias = _tensors(driver, adapted.model, layer)
-    delta = probe_weight(adapted.model, layer, row.dtype, bias) - weight
+    weight = _tensors(driver, adapted.model, layer)[0]
+    delta = probe_weight(driver, adapted.model) - weight
     expected = adapted.record.oracle.delta_weight(layer, _read_adapter(adapted.record, adapted, driver))
-    _close(adapted.context, "applied delta vs s · P_1 ⊙ P_2", delta, expected)
+    _close(adapted.context, "applied delta vs s · P_1 ⊙ P_2", delta, expected, derive="W - B")
 
 
 @pytest.mark.contract("LOHA-FWD-1")

@@ -7,6 +7,7 @@ and never fixes values; the oracle is always evaluated on the values read back t
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -15,6 +16,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from conformance.probes import applied_weight
 
 TUNERS = ("bone", "miss", "gralora", "hra", "ia3", "loha")
 SURFACES = ("layers", "lifecycle", "files", "config", "matching")
@@ -92,10 +95,14 @@ class Discrepancy:
     - "differs": an exact observation (a list, dict, shape, count) is `observed`, where SPEC admits only the values
       in the tuple `expected`;
     - "unwarned": the checked operation emitted no warning of category `expected[0]` naming one of the subjects
-      `expected[1:]` (`observed`: the warnings it emitted, as "Category: message" lines).
+      `expected[1:]` (`observed`: the warnings it emitted, as "Category: message" lines);
+    - "nonfinite": `what` (an output) has a non-finite entry, where SPEC requires every entry finite.
 
-    `target` says what a repro recomputes to show it: "output" (the model on `x`), "weight" or "bias" (the live base
-    layer under `key`, logical orientation), "param" (the adapter parameter `name` of `adapter` on `key`), "grad"
+    `target` says what a repro recomputes to show it: "output" (the model on `x`; in `mode` "train", the last of
+    `forwards` train-mode forwards after seeding torch with `train_seed`, or all of them stacked for "nonfinite"),
+    "weight" or "bias" (the live base layer under `key`, logical orientation), "applied" (the expression `derive`
+    over W, the weight the model applies at `key` as `conformance.probes.applied_weight` reads it, and B, the base
+    weight, logical orientation, both float64), "param" (the adapter parameter `name` of `adapter` on `key`), "grad"
     (its `.grad` after a backward of `(y * weights).sum()` in `mode`, the weights `random_tensor(y.shape, float64,
     weights_seed)`), "call" (the last recorded state-changing driver call, the checked operation), an observation of
     the adapted model ("adapted": its adapted module keys, sorted; "active": {key: active adapters} for the keys of
@@ -115,6 +122,9 @@ class Discrepancy:
     name: str = ""
     mode: str = "eval"
     weights_seed: int | None = None
+    derive: str = ""
+    forwards: int = 1
+    train_seed: int | None = None
 
 
 @dataclass
@@ -664,9 +674,15 @@ class ReproSnippet:
             return
         if d is not None and target == "grad" and self.x_bound:
             self._backward(d)
+        if d is not None and target == "applied":
+            self._applied(d)
+            self._value_check(d)
+            return
         forward = self.x_bound and target in ("output", None)
         context = f"torch.no_grad(), {model}.disable_adapter()" if disabled else "torch.no_grad()"
         forward_lines = [f"with {context}:", f"    y = {model}.eval()(x)"]
+        if d is not None and target == "output" and d.mode == "train":
+            forward_lines = self._train_forwards(d)
         if forward and d is not None and d.kind == "raised":
             self.outcome_check(forward_lines, "the forward on x")
             return
@@ -674,6 +690,9 @@ class ReproSnippet:
             self.lines += forward_lines
         if forward and d is not None and d.kind == "shape":
             self._shape_check(d)
+            return
+        if forward and d is not None and d.kind == "nonfinite":
+            self._finite_check(d)
             return
         if d is None or d.kind != "value" or target is None or (target == "output" and not forward):
             if forward:
@@ -704,6 +723,11 @@ class ReproSnippet:
         else:
             self.lines.append(f"# not rendered: {d.what} ({target})")
             return
+        self._value_check(d)
+
+    def _value_check(self, d: Discrepancy) -> None:
+        """`observed` (bound by the lines before) next to the oracle's value; `REPRODUCED: …` when they differ as the
+        suite saw."""
         self.imports.add("import math")
         self.lines += [
             f"expected = {float_code(d.expected)}  # what the clause requires there (float64)",
@@ -717,6 +741,46 @@ class ReproSnippet:
             "if differs and same:",
             f"    print(f'{REPRODUCED} {{what}} = {{observed!r}}, but should be within {{allowed:.3g}} "
             "of {expected!r} (|difference| {abs(observed - expected):.3g})')",
+            "else:",
+            f"    print({NOT_REPRODUCED!r})",
+        ]
+
+    def _applied(self, d: Discrepancy) -> None:
+        """`observed`: the element `d.where` of `d.derive` over W (the weight the current model applies at `d.key`,
+        read through its forward by `applied_weight`, whose source the snippet defines) and B (the base weight)."""
+        self.imports.add("import math")
+        self.lines += [line for line in inspect.getsource(applied_weight).splitlines() if line.strip()]
+        self.lines += [
+            f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
+            "base = getattr(module, 'base_layer', module)",
+            f"W = applied_weight({self.current}.eval(), base)",
+            "B = base.weight.T if isinstance(base, transformers.pytorch_utils.Conv1D) else base.weight",
+            "B = B.detach().double()",
+            f"tensor = {d.derive}",
+            f"observed = float(tensor[{d.where!r}])",
+        ]
+
+    def _train_forwards(self, d: Discrepancy) -> list[str]:
+        """`d.forwards` train-mode forwards on `x` after seeding torch with `d.train_seed`, as the suite made them;
+        `y` the last one, or all of them stacked (a "nonfinite" check)."""
+        model = self.current
+        return [
+            f"{model}.train()",
+            f"torch.manual_seed({d.train_seed})",
+            "with torch.no_grad():",
+            f"    outputs = [{model}(x) for _ in range({d.forwards})]",
+            f"{model}.eval()",
+            "y = torch.stack(outputs)" if d.kind == "nonfinite" else "y = outputs[-1]",
+        ]
+
+    def _finite_check(self, d: Discrepancy) -> None:
+        """Whether `y` is finite; `REPRODUCED: …` when it is not, as the suite saw."""
+        self.lines += [
+            f"what = {d.what!r}",
+            "finite = bool(torch.isfinite(y).all())",
+            "print(f'{what}: every entry finite: {finite}')",
+            "if not finite:",
+            f"    print(f'{REPRODUCED} {{what}} has non-finite entries, but should be finite')",
             "else:",
             f"    print({NOT_REPRODUCED!r})",
         ]

@@ -610,3 +610,84 @@ def test_an_embedding_base_is_written_as_source():
     exec(module_code("model", model, model.state_dict()), namespace)
     rebuilt = namespace["model"].layer
     assert type(rebuilt) is torch.nn.Embedding and torch.equal(rebuilt.weight, model.layer.weight)
+
+
+# ---- derived observations: the applied weight, non-finite outputs, replayed train-mode forwards -----------------
+
+
+class ScaledWritesDriver(ReferenceDriver):
+    """Writes every adapter parameter scaled by `factor` (a driver bug: the library holds other values than the suite
+    set, so no snippet that sets the suite's values can show what the suite then saw)."""
+
+    factor = 1e-30
+
+    def set_params(self, model, key, adapter, params):
+        super().set_params(model, key, adapter, {name: value * self.factor for name, value in params.items()})
+
+
+class InflatedWritesDriver(ScaledWritesDriver):
+    factor = 1e30
+
+
+def _loha_with(driver: ReferenceDriver, seed: int, value: float, config: dict | None = None, dtype: str = "float64"):
+    """A LoHa-adapted Linear(4 → 3) whose parameters are drawn in [-1, 1] and multiplied by `value`."""
+    recorder = RecordingDriver(driver)
+    base = Holder(build_base(Layer("linear", 4, 3), dtype, seed))
+    model = recorder.adapt(base, "loha", recorder.make_config("loha", {**LOHA, **(config or {})}))
+    shapes = {k: v.shape for k, v in recorder.get_params(model, "layer", "default").items()}
+    values = {k: random_tensor(tuple(s), dtype, seed + 2) * value for k, s in shapes.items()}
+    recorder.set_params(model, "layer", "default", values)
+    return recorder, model.eval()
+
+
+def _applied_snippet(driver: ReferenceDriver) -> str:
+    """The applied delta W − B (read through forward on one-hot inputs) judged against a made-up oracle 1 away: the
+    repro reads the applied weight with the same `applied_weight`."""
+    recorder, model = _loha_with(driver, 13, 1.0)
+    context = plugin.Context("LOHA-DELTA-1", "loha", "reference", seed=13)
+    delta = test_forward.probe_weight(recorder, model) - model.base_model.model.layer.base_layer.weight.double()
+    snippet, discrepancy = _rendered(recorder, lambda: test_forward._close(context, "delta", delta, delta + 1,
+                                                                         derive="W - B"))  # fmt: skip
+    assert discrepancy.target == "applied" and "def applied_weight(" in snippet
+    return snippet
+
+
+def _nonfinite_snippet(driver: ReferenceDriver) -> str:
+    """A non-finite output ("nonfinite"): parameters of 1e20 in float32 overflow the delta; or (a driver that
+    inflates what it writes) ordinary parameters the driver made 1e30."""
+    value = 1.0 if isinstance(driver, InflatedWritesDriver) else 1e20
+    recorder, model = _loha_with(driver, 14, value, dtype="float32")
+    x = random_tensor((2, 4), "float32", 15)
+    context = plugin.Context("CORE-FWD-1", "loha", "reference", shapes={"x": (2, 4)}, seed=14)
+    assert not torch.isfinite(model(x)).all()
+    shown = Discrepancy("the output", (), None, None, 0.0, "output", kind="nonfinite")
+    snippet, _ = _rendered(recorder, lambda: fail(context, "non-finite output", shown))
+    return snippet
+
+
+def _train_replay_snippet(driver: ReferenceDriver) -> str:
+    """The third of three seeded train-mode forwards with rank dropout, judged bitwise against a made-up output: the
+    repro replays the forwards from the same seed and reads the same third one."""
+    recorder, model = _loha_with(driver, 16, 1.0, {"rank_dropout": 0.5})
+    x = random_tensor((2, 4), "float64", 17)
+    model.train()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        seed_torch(16)
+        outputs = [model(x) for _ in range(3)]
+    context = plugin.Context("LOHA-DROP-1", "loha", "reference", shapes={"x": (2, 4)}, seed=16)
+    observe = {"target": "output", "mode": "train", "forwards": 3, "train_seed": 16}
+    what = "train-mode output 2"
+    snippet, _ = _rendered(recorder, lambda: assert_equal(context, what, outputs[2], outputs[2] + 1, observe=observe))
+    return snippet
+
+
+def test_derived_repros_reproduce_only_the_library():
+    """The applied weight, a non-finite output and a replayed train-mode forward, run in a clean interpreter: the
+    library's own values print `REPRODUCED`; the values a driver wrote wrongly print `NOT REPRODUCED`."""
+    makers = [_applied_snippet, _nonfinite_snippet, _train_replay_snippet]
+    broken = {_nonfinite_snippet: InflatedWritesDriver}
+    printed = _run_each(
+        [make(kind()) for make in makers for kind in (ReferenceDriver, broken.get(make, ScaledWritesDriver))]
+    )
+    assert [_reproduced(p) for p in printed] == [True, False] * len(makers), printed
+    assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
