@@ -577,8 +577,9 @@ def check_tuner_files(row: RowSpec, driver: Driver, data: st.DataObject, *, exac
     expected = sorted(ckpt.saved_key(KEY, name) for name in shapes)
     assert_equal(ctx, f"saved keys ({record.peft_type}, prefix {table.prefix!r})", sorted(saved.tensors), expected)
     for name, shape in shapes.items():
-        got = tuple(saved.tensors[ckpt.saved_key(KEY, name)].shape)
-        assert_equal(ctx, f"shape of the saved {name}", got, tuple(shape))
+        key = ckpt.saved_key(KEY, name)
+        got = {key: tuple(saved.tensors[key].shape)}
+        assert_equal(ctx, f"shape of the saved {name}", got, {key: tuple(shape)}, observe="saved")
     assert_equal(ctx, "adapter_config.json: peft_type", saved.config.get("peft_type"), record.peft_type)
     if exact_json:
         assert_equal(

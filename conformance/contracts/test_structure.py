@@ -522,7 +522,8 @@ def check_count(row: RowSpec, driver: Driver) -> None:
         base = driver.layer_state(fresh.model, KEY).base_layer
         expected = record.oracle.trainable_count(fresh.resolved, fresh.layer)
         fresh.context.shapes.update(shapes_of(driver.get_params(fresh.model, KEY, "default")))
-        assert_equal(fresh.context, "trainable adapter parameters", trainable_count(fresh.model, base), expected)
+        count = trainable_count(fresh.model, base)
+        assert_equal(fresh.context, "trainable adapter parameters", count, expected, observe="trainable")
 
     check()
 

@@ -107,8 +107,10 @@ class Discrepancy:
     weights_seed)`), "call" (the last recorded state-changing driver call, the checked operation), an observation of
     the adapted model ("adapted": its adapted module keys, sorted; "active": {key: active adapters} for the keys of
     `observed`; "shapes" / "requires_grad": {name: shape / flag} of `adapter`'s parameters named in `observed` on
-    `key`), or None (not rendered). A parameter, gradient or observation is read on the model (and key, adapter) of
-    the last recorded read-only call that made it (`OBSERVED_BY`)."""
+    `key`; "trainable": the number of trainable parameters outside the base layer at `key`; "saved": {file key:
+    shape} of the tensors named in `observed` in the `adapter_model.safetensors` of `adapter`'s directory (CORE-SAVE-1)
+    that the last recorded `save` wrote), or None (not rendered). A parameter, gradient or observation is read on the
+    model (and key, adapter) of the last recorded read-only call that made it (`OBSERVED_BY`)."""
 
     what: str
     where: tuple[int, ...]
@@ -578,6 +580,19 @@ class PeftLikeDriver:
             return f"sorted(key for key, module in {root}.named_modules() if isinstance(module, {name}))"
         if d.target == "active":
             return f"{{key: list({root}.get_submodule(key).active_adapters) for key in {list(d.observed)!r}}}"
+        if d.target == "trainable":
+            layer = f"{root}.get_submodule({key!r})"
+            base = f"getattr({layer}, 'base_layer', {layer})"
+            outside = f"all(p is not q for q in {base}.parameters())"
+            return f"sum(p.numel() for p in {root}.parameters() if p.requires_grad and {outside})"
+        if d.target == "saved":
+            saves = [c for c in snippet.case.calls if isinstance(c, Call) and c.method == "save"]
+            directory = snippet.path(saves[-1].arguments["directory"])
+            if adapter != "default":  # CORE-SAVE-1: every other adapter in a subdirectory of its name
+                directory = f"os.path.join({directory}, {adapter!r})"
+            snippet.imports.update(("import os, tempfile", "import safetensors.torch"))
+            tensors = f"safetensors.torch.load_file(os.path.join({directory}, 'adapter_model.safetensors'))"
+            return f"{{key: tuple(value.shape) for key, value in {tensors}.items() if key in {list(d.observed)!r}}}"
         attribute = {"shapes": "tuple({}.shape)", "requires_grad": "{}.requires_grad"}[d.target]
         layer = f"{root}.get_submodule({key!r})"
         entries = (
@@ -905,10 +920,13 @@ class ReproSnippet:
 
 
 OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent", "unwarned"})  # on what a checked operation raised or warned
-OBSERVATIONS = frozenset({"adapted", "active", "shapes", "requires_grad"})  # exact observations ("differs")
+OBSERVATIONS = frozenset(
+    {"adapted", "active", "shapes", "requires_grad", "trainable", "saved"}
+)  # exact observations ("differs")
 # the read-only driver call whose observation a discrepancy target repeats (its model, key and adapter)
 OBSERVED_BY = {"adapted": "adapted_modules", "active": "layer_state", "shapes": "get_params",
-               "requires_grad": "get_requires_grad", "param": "get_params", "grad": "get_grads"}  # fmt: skip
+               "requires_grad": "get_requires_grad", "param": "get_params", "grad": "get_grads",
+               "trainable": "layer_state"}  # fmt: skip
 NOT_REPRODUCED = "NOT REPRODUCED: the snippet does not show the failure the suite saw"
 
 
