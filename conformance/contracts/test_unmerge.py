@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.assertions import assert_close_to_oracle, assert_equal, assert_raises_clause, fail
-from conformance.drivers.base import Driver
+from conformance.drivers.base import Discrepancy, Driver
 from conformance.rows import RowSpec
 from conformance.scenes import (
     ALL_DTYPES,
@@ -317,8 +317,12 @@ def test_ia3_unmerge_never_silently_non_finite(row, driver, data):
     finite = all(t is None or bool(torch.isfinite(t).all()) for t in now)
     explicit = [w for w in user_warnings(list(caught), SECOND) if NON_FINITE_WORDING.search(str(w.message))]
     if not finite and not explicit:
+        emitted = [f"{w.category.__name__}: {w.message}" for w in caught]
+        shown = Discrepancy("the checked operation", (), ("UserWarning", SECOND), emitted, 0.0, "call",
+                            kind="silent_nonfinite", derive=NON_FINITE_WORDING.pattern)  # fmt: skip
         fail(
             ctx,
             f"unmerge() wrote non-finite values silently (no ValueError, no warning naming {SECOND!r} that says "
             "non-finite values were produced)",
+            shown,
         )

@@ -96,7 +96,10 @@ class Discrepancy:
       in the tuple `expected`;
     - "unwarned": the checked operation emitted no warning of category `expected[0]` naming one of the subjects
       `expected[1:]` (`observed`: the warnings it emitted, as "Category: message" lines);
-    - "nonfinite": `what` (an output) has a non-finite entry, where SPEC requires every entry finite.
+    - "nonfinite": `what` (an output) has a non-finite entry, where SPEC requires every entry finite;
+    - "silent_nonfinite": the checked operation returned, left a non-finite element in the base weight or bias at
+      `key`, and emitted no warning of category `expected[0]` naming one of `expected[1:]` with a message matching
+      the regular expression `derive` (`observed`: the warnings it emitted).
 
     `target` says what a repro recomputes to show it: "output" (the model on `x`; in `mode` "train", the last of
     `forwards` train-mode forwards after seeding torch with `train_seed`, or all of them stacked for "nonfinite"),
@@ -873,7 +876,7 @@ class ReproSnippet:
         if d is None or d.kind not in OUTCOME_KINDS or all(line.lstrip().startswith("#") for line in body):
             self.lines += body
             return
-        if d.kind == "unwarned":
+        if d.kind in ("unwarned", "silent_nonfinite"):
             self._warning_check(body, what, d)
             return
         self.lines += ["try:", *_indent(body), "except Exception as exc:", "    raised = exc"]
@@ -899,9 +902,11 @@ class ReproSnippet:
 
     def _warning_check(self, body: list[str], what: str, d: Discrepancy) -> None:
         """`body` run recording every warning; `REPRODUCED: …` when none is of category `d.expected[0]` (or a subclass)
-        naming one of the subjects `d.expected[1:]` (case-insensitively), as the suite saw."""
+        naming one of the subjects `d.expected[1:]` (case-insensitively) with a message matching the regular expression
+        `d.derive` (any, if empty), as the suite saw — for "silent_nonfinite", only where the base weight or bias at
+        `d.key` then has a non-finite element."""
         category, *subjects = d.expected
-        self.imports.add("import warnings")
+        self.imports.update(("import warnings", "import re"))
         self.lines += [
             "with warnings.catch_warnings(record=True) as caught:",
             "    warnings.simplefilter('always')",
@@ -910,19 +915,34 @@ class ReproSnippet:
             f"what = {what!r}",
             "print(what, 'warned', emitted)",
             f"subjects = {tuple(str(s).lower() for s in subjects)!r}",
-            f"named = [w for w in caught if issubclass(w.category, {category}) and "
-            "(not subjects or any(s in str(w.message).lower() for s in subjects))]",
-            "if not named:",
-            f"    print({f'{REPRODUCED} {what} emitted no {category} naming any of {subjects}'!r})",
+            f"named = [w for w in caught if issubclass(w.category, {category}) and re.search({d.derive!r}, "
+            "str(w.message), re.IGNORECASE) and (not subjects or any(s in str(w.message).lower() for s in subjects))]",
+        ]
+        claim = f"{what} emitted no {category} naming any of {subjects}"
+        condition = "not named"
+        if d.kind == "silent_nonfinite":
+            self.lines += [
+                f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
+                "base = getattr(module, 'base_layer', module)",
+                "finite = all(bool(torch.isfinite(t).all()) for t in (base.weight, base.bias) if t is not None)",
+                "print('base weight and bias finite afterwards:', finite)",
+            ]
+            claim = f"{what} wrote non-finite base values, and emitted no {category} naming any of {subjects}"
+            condition = "not named and not finite"
+        if d.derive:
+            claim += f" with a message matching /{d.derive}/"
+        self.lines += [
+            f"if {condition}:",
+            f"    print({f'{REPRODUCED} {claim}'!r})",
             "else:",
             f"    print({NOT_REPRODUCED!r})",
         ]
 
 
-OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent", "unwarned"})  # on what a checked operation raised or warned
-OBSERVATIONS = frozenset(
-    {"adapted", "active", "shapes", "requires_grad", "trainable", "saved"}
-)  # exact observations ("differs")
+# on what a checked operation raised or warned
+OUTCOME_KINDS = frozenset({"raised", "unnamed", "silent", "unwarned", "silent_nonfinite"})
+# exact observations ("differs")
+OBSERVATIONS = frozenset({"adapted", "active", "shapes", "requires_grad", "trainable", "saved"})
 # the read-only driver call whose observation a discrepancy target repeats (its model, key and adapter)
 OBSERVED_BY = {"adapted": "adapted_modules", "active": "layer_state", "shapes": "get_params",
                "requires_grad": "get_requires_grad", "param": "get_params", "grad": "get_grads",
@@ -933,12 +953,12 @@ NOT_REPRODUCED = "NOT REPRODUCED: the snippet does not show the failure the suit
 def _checked_call(case: Case, calls: list[Call]) -> Call | None:
     """The call whose outcome the case's final check is on, where the discrepancy is on a checked operation (`target`
     "call"): the last recorded call if it changes state (raised, unnamed, silent); the last state-changing call
-    (unwarned: read-only observations may follow the warning one)."""
+    (unwarned, silent_nonfinite: read-only observations may follow the warning one)."""
     d = case.discrepancy
     if d is None or d.kind not in OUTCOME_KINDS or d.target != "call":
         return None
     changing = [call for call in calls if call.method not in READ_ONLY]
-    if d.kind != "unwarned":
+    if d.kind not in ("unwarned", "silent_nonfinite"):
         return calls[-1] if calls[-1].method not in READ_ONLY else None
     return changing[-1] if changing else None
 
