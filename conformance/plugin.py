@@ -38,7 +38,7 @@ from torch import nn
 
 from . import rowlog
 from .assertions import ClauseFailure, Context
-from .drivers.base import READ_ONLY, Call, Case, Driver, Ref
+from .drivers.base import READ_ONLY, Call, Case, Discrepancy, Driver, Ref
 from .recording import CallRecord, RecordingDriver, input_code, module_code, unwrap
 from .rows import SHOULD, RowSpec, expand
 from .spec.records import RECORDS
@@ -256,7 +256,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     if row is not None:
         _driver(pyfuncitem.config).restart()  # a test without examples: its one run's calls
     if row is not None and row.unsupported:
-        raise ClauseFailure(f"unsupported, required by {row.clause}: {row.unsupported}")
+        missing = Discrepancy(row.unsupported, (), None, None, 0.0, kind="unsupported")
+        raise ClauseFailure(f"unsupported, required by {row.clause}: {row.unsupported}", None, missing)
     yield
 
 
@@ -342,6 +343,9 @@ def _repro(recorder: RecordingDriver, row: RowSpec, failure: BaseException | Non
     failing example is known, the base model cannot be written as source or the driver renders no repro."""
     if failure is None:
         return None
+    missing = getattr(failure, "discrepancy", None)
+    if missing is not None and missing.kind == "unsupported":  # the row never ran: the capability is shown absent
+        return _render(recorder, Case(row.tuner, row.clause, {}, "import torch", discrepancy=missing))
     context = failure.context if isinstance(failure, ClauseFailure) else _context_in(failure)
     records = _EXAMPLE_CALLS.get(id(failure), (None, recorder.calls))[1]
     if all(r.method in READ_ONLY for r in records):

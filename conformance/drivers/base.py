@@ -97,6 +97,8 @@ class Discrepancy:
     - "unwarned": the checked operation emitted no warning of category `expected[0]` naming one of the subjects
       `expected[1:]` (`observed`: the warnings it emitted, as "Category: message" lines);
     - "nonfinite": `what` (an output) has a non-finite entry, where SPEC requires every entry finite;
+    - "unsupported": the row never ran: the implementation lacks the capability `what` names (`RowSpec.unsupported`),
+      which the clause requires (a repro shows it absent from the library's API: `PeftLikeDriver.absence_repro`);
     - "silent_nonfinite": the checked operation returned, left a non-finite element in the base weight or bias at
       `key`, and emitted no warning of category `expected[0]` naming one of `expected[1:]` with a message matching
       the regular expression `derive` (`observed`: the warnings it emitted).
@@ -428,6 +430,8 @@ class PeftLikeDriver:
         driver calls rendered as the public calls they stand for (`render_call`), then the forward on `x` and a final
         check that prints the observed element next to the oracle's value (and `REPRODUCED: …` when they differ as
         the suite saw). Without recorded calls: the adapters of `case.configs`, then the output."""
+        if case.discrepancy is not None and case.discrepancy.kind == "unsupported":
+            return self.absence_repro(case)
         import_line, prefix = self.repro_import
         calls = [call for call in case.calls if isinstance(call, Call)]
         if not calls:
@@ -459,6 +463,11 @@ class PeftLikeDriver:
             snippet.final_check(disabled=disabled_last)
         head = [case.model_code, import_line, *sorted(snippet.imports), f"torch.manual_seed({case.seed})"]
         return "\n".join([*head, *snippet.lines])
+
+    def absence_repro(self, case: Case) -> str | None:
+        """A snippet showing that the library lacks the capability `case.discrepancy.what` its row requires (printing
+        `REPRODUCED: …` when it finds no API for it); None where the driver cannot show an absence."""
+        return None
 
     def _adapt_configs(self, case: Case, prefix: str) -> list[str]:
         """The pre-recording repro: adapters from `case.configs`, `case.calls` as comments, the output."""
