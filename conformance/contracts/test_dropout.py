@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -136,10 +136,19 @@ def delta(scene: Scene, adapter: Adapter, weight: Tensor) -> Tensor:
     return scene.setup.record.oracle.effective(weight, None, scene.setup.layer, [adapter])[0] - weight
 
 
-def nearest(context: Context, what: str, observed: Tensor, candidates: Tensor, tol: Tolerance) -> tuple[Tensor, Tensor]:
+def nearest(
+    context: Context,
+    what: str,
+    observed: Tensor,
+    candidates: Tensor,
+    tol: Tolerance,
+    forward: Callable[[int, Tensor], tuple[Tensor, dict]] | None = None,
+) -> tuple[Tensor, Tensor]:
     """For observations (N, L) and candidates (C, N or 1, L): the index of the nearest candidate of each observation,
     and whether it is the only one within `tol` (unambiguous). An observation within `tol` of no candidate violates
-    the clause: the failure shows it against the nearest candidate."""
+    the clause: the failure shows it against the nearest candidate — all such observations, or, with `forward`
+    (observation n is forward n; `forward(n, row)` gives the row in the output's layout and the `Discrepancy` fields
+    that replay that forward), the first such forward, as its output."""
     __tracebackhide__ = True
     s = scale(candidates)
     fits = ~violations(observed.unsqueeze(0), candidates, tol, s).any(-1)  # (C, N)
@@ -151,7 +160,14 @@ def nearest(context: Context, what: str, observed: Tensor, candidates: Tensor, t
     if not bool(ok.all()):
         bad = (~ok).nonzero().flatten()
         chosen = candidates[best[bad], bad if candidates.shape[1] > 1 else 0]
-        assert_close_to_oracle(context=context, what=what, actual=observed[bad], expected=chosen, tol=tol, scale=s)
+        if forward is None:
+            assert_close_to_oracle(context=context, what=what, actual=observed[bad], expected=chosen, tol=tol, scale=s)
+        first = int(bad[0])
+        (actual, observe), (expected, _) = forward(first, observed[first]), forward(first, chosen[0])
+        what = f"{what}: forward {first} ({len(bad)} of {observed.shape[0]} forwards match no candidate)"
+        assert_close_to_oracle(
+            context=context, what=what, actual=actual, expected=expected, tol=tol, scale=s, observe=observe
+        )
     return best, fits.sum(0) == 1
 
 
@@ -507,15 +523,23 @@ def test_module_dropout(row, driver, data):
     scene, x = loha_scene(row, driver, data, [{RANK_DROPOUT: 0.0, MODULE_DROPOUT: p} for p in ps])
     ctx, layer = scene.context, scene.setup.layer
     base, full, names = adapter_outputs(scene, driver, x)
-    observed = torch.stack(
-        [channels_last(y.double(), layer.is_conv) for y in train_forwards(scene, x, FORWARDS_MODULE)]
-    )
+    outputs = train_forwards(scene, x, FORWARDS_MODULE)
+    observed = torch.stack([channels_last(y.double(), layer.is_conv) for y in outputs])
     combos = torch.tensor(list(itertools.product((0.0, 1.0), repeat=len(names))), dtype=torch.float64)
     candidates = (base + torch.einsum("ca,apo->cpo", combos, full)).flatten(1).unsqueeze(1)  # (C, 1, L)
     what = (
         f"train-mode output (module_dropout {ps[: len(names)]}) vs the nearest of base(x) + Σ over a subset of {names}"
     )
-    best, unambiguous = nearest(ctx, what, observed.flatten(1), candidates, tolerance("N", "float64"))
+    shape = outputs[0].shape
+
+    def forward(index: int, row: Tensor) -> tuple[Tensor, dict]:
+        """A row of `observed` as train-mode output `index` (the inverse of `channels_last`)."""
+        if layer.is_conv:
+            return row.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1), replayed(scene, index + 1)
+        return row.reshape(shape), replayed(scene, index + 1)
+
+    tol = tolerance("N", "float64")
+    best, unambiguous = nearest(ctx, what, observed.flatten(1), candidates, tol, forward)
     applied = combos[best][unambiguous].bool()  # (forwards, adapters)
     event(f"adapters={len(names)} p={ps[: len(names)]} decoded={float(unambiguous.double().mean()):.0%}")
     for a, name in enumerate(names):

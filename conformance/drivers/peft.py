@@ -5,8 +5,8 @@ same names, its adapter parameters carry the canonical names and layouts, and ev
 default. `miss`, `gralora`, `hra`, `ia3` and `loha` are native; `bone` is not (peft 0.21 has no Bone tuner): only
 the conversion clauses are judged for it, and Bone's math rows are `skip` "same code path as miss". MISS-CONV-1's
 conversion is a capability peft lacks (its rows `fail` "unsupported", with a repro that shows no Bone anywhere in
-peft's public API: `absence_repro`); MISS-CONV-3 is judged on peft's own loader. The capabilities below are what peft's code
-accepts (its `_create_new_module` dispatch), not what passes.
+peft's public API: `absence_repro`); MISS-CONV-3 is judged on peft's own loader. The capabilities below are what
+peft's code accepts (its `_create_new_module` dispatch), not what passes.
 """
 
 from __future__ import annotations
