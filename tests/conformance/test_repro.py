@@ -22,6 +22,7 @@ from conformance.assertions import assert_close_to_oracle, assert_equal, assert_
 from conformance.check import check, shows_failure
 from conformance.contracts import test_config, test_forward, test_matching
 from conformance.drivers.base import REPRODUCED, Call, Case, Discrepancy, Ref
+from conformance.drivers.peft import PeftDriver
 from conformance.drivers.reference import ReferenceDriver
 from conformance.harness import Holder, Rig, seed_torch
 from conformance.recording import RecordingDriver, module_code, unwrap
@@ -690,4 +691,104 @@ def test_derived_repros_reproduce_only_the_library():
         [make(kind()) for make in makers for kind in (ReferenceDriver, broken.get(make, ScaledWritesDriver))]
     )
     assert [_reproduced(p) for p in printed] == [True, False] * len(makers), printed
+    assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
+
+
+# ---- counts, saved files, silent non-finite unmerges, and a capability shown absent ----------------------------
+
+
+class FrozenOneDriver(ReferenceDriver):
+    """Freezes one adapter parameter after adapting (the library trains it): the suite counts fewer trainable ones."""
+
+    def adapt(self, model, tuner, config, adapter="default", *, autocast_adapter_dtype=True):
+        adapted = super().adapt(model, tuner, config, adapter, autocast_adapter_dtype=autocast_adapter_dtype)
+        next(p for p in adapted.parameters() if p.requires_grad).requires_grad_(False)
+        return adapted
+
+
+def _trainable_snippet(driver: ReferenceDriver) -> str:
+    """The trainable parameter count outside the base layer against a made-up one (HRA-COUNT-1's observation)."""
+    from conformance.contracts.test_structure import trainable_count
+
+    recorder, model = _adapted(driver, 18)
+    context = plugin.Context("LOHA-COUNT-1", "loha", "reference", seed=18)
+    count = trainable_count(model, recorder.layer_state(model, "layer").base_layer)
+    snippet, _ = _rendered(recorder, lambda: assert_equal(context, "trainable", count, count + 1, "trainable"))
+    return snippet
+
+
+class SavesUnsqueezedDriver(ReferenceDriver):
+    """Rewrites every saved tensor with a leading unit axis (the library saves them as they are)."""
+
+    def save(self, model, directory, adapters=None, safetensors=True):
+        import safetensors.torch as st
+
+        super().save(model, directory, adapters, safetensors)
+        path = f"{directory}/adapter_model.safetensors"
+        st.save_file({k: v.unsqueeze(0) for k, v in st.load_file(path).items()}, path, metadata={"format": "pt"})
+
+
+def _saved_snippet(driver: ReferenceDriver, directory: str) -> str:
+    """The shape of a saved tensor against a made-up one (the SAVE clauses' observation, "saved")."""
+    import safetensors.torch
+
+    recorder, model = _adapted(driver, 19)
+    recorder.save(model, directory)
+    key, value = next(iter(safetensors.torch.load_file(f"{directory}/adapter_model.safetensors").items()))
+    context = plugin.Context("LOHA-SAVE-1", "loha", "reference", seed=19)
+    got, wrong = {key: tuple(value.shape)}, {key: (*value.shape, 1)}
+    snippet, _ = _rendered(recorder, lambda: assert_equal(context, "saved shape", got, wrong, "saved"))
+    return snippet
+
+
+class WritesTinyDriver(PeftDriver):
+    """Writes l = −1e-8 wherever the suite writes IA3 vectors (so the unmerge it then judges divides by zero)."""
+
+    def set_params(self, model, key, adapter, params):
+        super().set_params(model, key, adapter, {k: torch.full_like(v, -1e-8) for k, v in params.items()})
+
+
+def _silent_nonfinite_snippet(driver: PeftDriver) -> str:
+    """IA3-MERGE-5: peft's unmerge of an l = −1e-8 entry writes non-finite values with only a general warning; with
+    ordinary values written (a driver that writes −1e-8 itself), the library's unmerge stays finite."""
+    recorder = RecordingDriver(driver)
+    base = Holder(build_base(Layer("linear", 3, 2), "float64", 20))
+    model = recorder.adapt(base, "ia3", recorder.make_config("ia3", {"target_modules": ["layer"],
+                                                                      "feedforward_modules": []}))  # fmt: skip
+    l_value = torch.full((2, 1), 0.5, dtype=torch.float64)
+    l_value[0, 0] = 0.5 if isinstance(driver, WritesTinyDriver) else -1e-8
+    recorder.set_params(model, "layer", "default", {"ia3_l": l_value})
+    recorder.merge(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recorder.unmerge(model)
+    assert not torch.isfinite(recorder.layer_state(model, "layer").base_layer.weight).all()
+    emitted = [f"{w.category.__name__}: {w.message}" for w in caught]
+    context = plugin.Context("IA3-MERGE-5", "ia3", "peft", seed=20)
+    shown = Discrepancy("the checked operation", (), ("UserWarning", "default"), emitted, 0.0, "call",
+                        kind="silent_nonfinite", derive="non-?finite")  # fmt: skip
+    snippet, _ = _rendered(recorder, lambda: fail(context, "unmerge wrote non-finite values silently", shown))
+    return snippet
+
+
+def _absence_snippets() -> list[str]:
+    """peft's MISS-CONV-1 repro as rendered, and the same run where peft had a public name mentioning Bone."""
+    missing = Discrepancy("operation miss.from_bone", (), None, None, 0.0, kind="unsupported")
+    snippet = PeftDriver().repro(Case("miss", "MISS-CONV-1", {}, "import torch", discrepancy=missing))
+    added = "import peft, peft.tuners, peft.utils\npeft.tuners.convert_bone_to_miss = print"
+    return [snippet, snippet.replace("import peft, peft.tuners, peft.utils", added)]
+
+
+def test_count_file_warning_and_absence_repros_reproduce_only_the_library(tmp_path):
+    """The trainable count, a saved file's shapes, a silently non-finite unmerge and an absent capability, run in a
+    clean interpreter: the library's own state prints `REPRODUCED`; a driver's doing, or a library that has the
+    capability, prints `NOT REPRODUCED`."""
+    snippets = [_trainable_snippet(kind()) for kind in (ReferenceDriver, FrozenOneDriver)]
+    snippets += [
+        _saved_snippet(kind(), str(tmp_path / kind.__name__)) for kind in (ReferenceDriver, SavesUnsqueezedDriver)
+    ]
+    snippets += [_silent_nonfinite_snippet(kind()) for kind in (PeftDriver, WritesTinyDriver)]
+    snippets += _absence_snippets()
+    printed = _run_each(snippets)
+    assert [_reproduced(p) for p in printed] == [True, False] * 4, printed
     assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
