@@ -39,6 +39,7 @@ from torch import nn
 from . import rowlog
 from .assertions import ClauseFailure, Context
 from .drivers.base import READ_ONLY, Call, Case, Discrepancy, Driver, Ref
+from .harness import seed_torch
 from .recording import CallRecord, RecordingDriver, input_code, module_code, unwrap
 from .rows import SHOULD, RowSpec, expand
 from .spec.records import RECORDS
@@ -255,6 +256,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     _EXAMPLE_CALLS.clear()
     if row is not None:
         _driver(pyfuncitem.config).restart()  # a test without examples: its one run's calls
+        # torch's global generator starts each row from the run's seed (torch seeds itself at random on import):
+        # a row's draws do not depend on the rows run before it in this process, nor on the process
+        seed_torch(pyfuncitem.config.getoption("--tunerspec-seed") or 0)
     if row is not None and row.unsupported:
         missing = Discrepancy(row.unsupported, (), None, None, 0.0, kind="unsupported")
         raise ClauseFailure(f"unsupported, required by {row.clause}: {row.unsupported}", None, missing)

@@ -995,13 +995,14 @@ def _new_definitions(code: str, present: list[str]) -> list[str]:
 
 
 def _safetensors_code(content: bytes, target: str) -> str:
-    """A `safetensors.torch.save_file` call writing the tensors and metadata of a safetensors file's `content`."""
+    """A `safetensors.torch.save_file` call writing the tensors (by name) and metadata of a safetensors file's
+    `content`."""
     import safetensors.torch
 
     tensors = safetensors.torch.load(content)
     header = json.loads(content[8 : 8 + int.from_bytes(content[:8], "little")])
     metadata = header.get("__metadata__")
-    written = "{" + ", ".join(f"{name!r}: {tensor_code(t)}" for name, t in tensors.items()) + "}"
+    written = "{" + ", ".join(f"{name!r}: {tensor_code(tensors[name])}" for name in sorted(tensors)) + "}"
     return f"safetensors.torch.save_file({written}, {target}, metadata={metadata!r})"
 
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 import conformance.contracts
 from conformance.check import check
@@ -164,3 +165,14 @@ def test_a_required_operation_the_driver_lacks_fails_unsupported():
         claims = Capabilities({"miss": TunerCapabilities(variants=frozenset({"plain"}), optional=optional)})
         rows = list(expand("MISS-CONV-1", records=RECORDS, capabilities=claims, tuners=["miss"]))
         assert [row.unsupported for row in rows] == [expected]
+
+
+def test_rows_and_repros_do_not_depend_on_torchs_state_before_the_run():
+    """torch seeds itself at random on import; every row starts from the run's seed, so a repro whose calls begin
+    on a fresh generator (peft's CORE-CFG-9: configs only) names the same seed whatever the process held before."""
+    runs = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        runs.append(check("peft", tuners=["ia3"], families=["config"], isolate=False, verify=False).results)
+    assert any(row.status == "fail" and "torch.manual_seed(" in (row.repro or "") for row in runs[0])
+    assert runs[0] == runs[1]
