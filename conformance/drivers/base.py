@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .case import NOT_REPRODUCED, READ_ONLY, REPRODUCED, Call, Case, Discrepancy, Ref
-from .snippet import ReproSnippet, arguments_repr, checked_call, indented, model_after, tensor_code
+from .snippet import OBSERVED_BY, ReproSnippet, arguments_repr, checked_call, indented, model_after, tensor_code
 
 __all__ = [  # the protocol, and the repro types a driver renders (re-exported from `case` and `snippet`)
     "DTYPES", "NOT_REPRODUCED", "READ_ONLY", "REPRODUCED", "SURFACES", "TUNERS", "Call", "Capabilities", "Case",
@@ -145,9 +145,9 @@ class PeftLikeDriver:
     driver_options: ClassVar[dict[str, Any]] = {}
     # how a repro imports the library, and the prefix of its names there (`import peft` → "peft.")
     repro_import: ClassVar[tuple[str, str]] = ("import peft", "peft.")
-    # whether a repro reads adapter parameters, gradients and observations as peft's API has them (`_param_code`,
-    # `observation_code`); a port whose model layout differs says False (those final checks are left out)
-    repro_reads: ClassVar[bool] = True
+    # the observations a repro reads again (`OBSERVED_BY`'s targets): all, as peft's API has them (`param_lines`,
+    # `observation_code`); a port whose model layout differs names those it renders (the others are left out)
+    repro_reads: ClassVar[frozenset[str]] = frozenset(OBSERVED_BY)
     api_map: ClassVar[dict[str, str]] = {
         "adapt": "get_peft_model(model, config, adapter_name=…, autocast_adapter_dtype=…)",
         "add_adapter": "PeftModel.add_adapter(name, config)",
@@ -509,6 +509,17 @@ class PeftLikeDriver:
             for name in d.observed
         )
         return "{" + ", ".join(entries) + "}"
+
+    def param_lines(self, root: str, key: str, adapter: str, canonical: str, tuner: str, *, grad: bool) -> list[str]:
+        """Lines binding `tensor` to the canonical parameter `canonical` of `adapter` on `key` of the module tree
+        `root`, in canonical layout, or (`grad`) its `.grad` (zeros where none flowed in, as the suite reads it)."""
+        lines = [
+            f"module = {root}.get_submodule({key!r})",
+            f"tensor = {self._param_code('module', adapter, canonical, tuner)}",
+        ]
+        if grad:
+            lines.append("tensor = torch.zeros_like(tensor) if tensor.grad is None else tensor.grad")
+        return lines
 
     def _param_code(self, layer_code: str, adapter: str, canonical: str, tuner: str) -> str:
         """The live tensor of a canonical parameter name on a layer (the implementation's name and container)."""

@@ -89,7 +89,8 @@ class LycorisDriver(PeftLikeDriver):
         "not passed (no lycoris equivalent)": "init_weights, init_ia3_weights, fan_in_fan_out, exclude_modules, "
         "layers_to_transform, layers_pattern, modules_to_save, rank_pattern, alpha_pattern",
     }
-    repro_reads = False  # parameters live on the lycoris network's modules, not where peft keeps them
+    # parameters live on the lycoris network's modules (`param_lines`); peft's other observations do not apply
+    repro_reads = frozenset({"param", "grad"})
     api_map: ClassVar[dict[str, str]] = {
         "make_config": "preset {target_module: [], target_name: [pattern], name_algo_map: {feedforward pattern: "
         "{train_on_input: True}}}; options {algo, linear_dim=r, linear_alpha=alpha, rank_dropout, module_dropout, "
@@ -301,6 +302,27 @@ class LycorisDriver(PeftLikeDriver):
             lines.append("print(model(x))")
         results = (("expected", case.expected), ("observed", case.observed))
         return lines + [f"# {label}: {value}" for label, value in results if value is not None]
+
+    def param_lines(self, root: str, key: str, adapter: str, canonical: str, tuner: str, *, grad: bool) -> list[str]:
+        """`tensor`: the lycoris parameter holding `canonical` on the network module of `key` (`root` is the model
+        `<root>_network` was created on), as `get_params` / `get_grads` read it: IA3's vector `w·multiplier + 1` (its
+        gradient divided by the multiplier), in canonical layout (`_layout`)."""
+        ia3 = tuner == "ia3"
+        lines = [
+            f"module = {root}_network.get_submodule({_lora_name(key)!r})",
+            f"tensor = module.{PARAMETERS[tuner][canonical]}",
+        ]
+        if grad:
+            divided = " / module.multiplier" if ia3 else ""
+            lines.append(f"tensor = torch.zeros_like(tensor) if tensor.grad is None else tensor.grad{divided}")
+        elif ia3:
+            lines.append("tensor = tensor * module.multiplier + 1")
+        if ia3:
+            lines.append("if module.module_type == 'linear':")
+            lines.append("    tensor = tensor.reshape(1, -1) if module.train_input else tensor.reshape(-1, 1)")
+        if canonical in ("hada_t1", "hada_t2"):
+            lines.append("tensor = tensor.unsqueeze(-1) if module.module_type == 'conv1d' else tensor")
+        return lines
 
     def render_call(self, call: Call, snippet: ReproSnippet) -> list[str]:
         """`adapt`, `set_params`, `merge`, `unmerge` as the lycoris calls `api_map` names; the rest as the base

@@ -92,7 +92,7 @@ class ReproSnippet:
         read like an output element; an exact observation of the model is compared with what SPEC admits."""
         case, model, d = self.case, self.current, self.case.discrepancy
         target = d.target if d is not None else None
-        if target in OBSERVED_BY and not self.driver.repro_reads:
+        if target in OBSERVED_BY and target not in self.driver.repro_reads:
             target = None
         if d is not None and d.kind == "differs" and target in OBSERVATIONS:
             self._observation_check(d)
@@ -129,10 +129,7 @@ class ReproSnippet:
             self.lines.append(f"observed = float(y[{d.where!r}])")
         elif target in ("param", "grad") and (target == "param" or self.x_bound):
             root, key, adapter = self._observed(d)
-            self.lines += [f"module = {root}.get_submodule({key!r})"]
-            self.lines.append(f"tensor = {self.driver._param_code('module', adapter, d.name, case.tuner)}")
-            if target == "grad":  # no `.grad`: nothing flowed into the parameter (a zero gradient, as the suite reads)
-                self.lines.append("tensor = torch.zeros_like(tensor) if tensor.grad is None else tensor.grad")
+            self.lines += self.driver.param_lines(root, key, adapter, d.name, case.tuner, grad=target == "grad")
             self.lines.append(f"observed = float(tensor.detach()[{d.where!r}])")
         elif target in ("weight", "bias"):
             self.lines += [

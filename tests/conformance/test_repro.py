@@ -22,6 +22,7 @@ from conformance.assertions import assert_close_to_oracle, assert_equal, assert_
 from conformance.check import check, shows_failure
 from conformance.contracts import test_config, test_forward, test_matching
 from conformance.drivers.base import REPRODUCED, Call, Case, Discrepancy, Ref
+from conformance.drivers.lycoris import LycorisDriver
 from conformance.drivers.peft import PeftDriver
 from conformance.drivers.reference import ReferenceDriver
 from conformance.harness import Holder, Rig, seed_torch
@@ -283,7 +284,7 @@ def _rendered(recorder: RecordingDriver, check: Any) -> tuple[str, Discrepancy]:
     """The repro `plugin._repro` renders for the ClauseFailure `check()` raises, and that failure's discrepancy."""
     with pytest.raises(plugin.ClauseFailure) as raised:
         check()
-    row = types.SimpleNamespace(tuner="loha", clause=raised.value.context.clause)
+    row = types.SimpleNamespace(tuner=raised.value.context.tuner, clause=raised.value.context.clause)
     snippet = plugin._repro(recorder, row, raised.value, error=False)
     assert snippet is not None and REPRODUCED in snippet
     return snippet, raised.value.discrepancy
@@ -791,4 +792,51 @@ def test_count_file_warning_and_absence_repros_reproduce_only_the_library(tmp_pa
     snippets += _absence_snippets()
     printed = _run_each(snippets)
     assert [_reproduced(p) for p in printed] == [True, False] * 4, printed
+    assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
+
+
+# ---- a port whose parameters live elsewhere: lycoris's parameter and gradient reads ------------------------------
+
+
+class ScaledLycorisReadsDriver(LycorisDriver):
+    """lycoris, with every parameter and gradient read back doubled."""
+
+    def get_params(self, model, key, adapter):
+        return {name: 2 * value for name, value in super().get_params(model, key, adapter).items()}
+
+    def get_grads(self, model, key, adapter):
+        return {name: None if g is None else 2 * g for name, g in super().get_grads(model, key, adapter).items()}
+
+
+def _lycoris_read_snippet(driver: LycorisDriver, target: str) -> str:
+    """IA3's vector (stored by lycoris as an offset, shaped `(out,)`) or its gradient after a weighted backward,
+    against a made-up oracle 1 away: the repro reads lycoris's own tensor in the canonical value and layout."""
+    recorder, seed = RecordingDriver(driver), 22
+    base = Holder(build_base(Layer("linear", 4, 3), "float64", seed))
+    config = recorder.make_config("ia3", {"target_modules": ["layer"], "feedforward_modules": []})
+    model = recorder.adapt(base, "ia3", config)
+    recorder.set_params(model, "layer", "default", {"ia3_l": random_tensor((3, 1), "float64", 30) + 1.5})
+    context = plugin.Context("IA3-GRAD-1", "ia3", "lycoris", shapes={"x": (2, 4)}, seed=seed)
+    observe = {"target": target, "name": "ia3_l"}
+    if target == "grad":
+        y = model.eval()(random_tensor((2, 4), "float64", seed + 1))
+        (y * random_tensor(tuple(y.shape), "float64", 31)).sum().backward()
+        value, observe = recorder.get_grads(model, "layer", "default")["ia3_l"], {**observe, "weights_seed": 31}
+    else:
+        value = recorder.get_params(model, "layer", "default")["ia3_l"]
+    tol = tolerance("N", "float64")
+    snippet, _ = _rendered(recorder, lambda: assert_close_to_oracle(
+        context=context, what=f"ia3_l {target}", actual=value, expected=value + 1, tol=tol, scale=1, observe=observe
+    ))  # fmt: skip
+    assert "_network.get_submodule(" in snippet
+    return snippet
+
+
+def test_lycoris_parameter_and_gradient_repros_reproduce_only_the_library():
+    """lycoris renders its own parameter reads (`param_lines`): the library's values print `REPRODUCED`; values a
+    driver misread print `NOT REPRODUCED`."""
+    snippets = [_lycoris_read_snippet(kind(), target) for target in ("param", "grad")
+                for kind in (LycorisDriver, ScaledLycorisReadsDriver)]  # fmt: skip
+    printed = _run_each(snippets)
+    assert [_reproduced(p) for p in printed] == [True, False] * 2, printed
     assert all(("NOT REPRODUCED" in p) != _reproduced(p) for p in printed), printed
