@@ -22,6 +22,7 @@ from hypothesis.control import current_build_context, currently_in_test_context
 from torch import nn
 
 from .drivers.base import Driver, tensor_code
+from .drivers.snippet import source_lines
 from .spec.layer import Layer
 from .strategies import build_base
 
@@ -196,12 +197,6 @@ def _base_state(name: str, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]
 # ---- base models as source (torch and transformers only), for the repros ----------------------------------------
 
 
-def _source(*classes: type) -> list[str]:
-    """The source lines of the model classes a snippet defines: the very classes the suite builds its models from.
-    Blank lines are left out: a repro takes a class to end at its first unindented line."""
-    return [line for cls in classes for line in inspect.getsource(cls).splitlines() if line.strip()]
-
-
 LITERAL_LIMIT = 4096  # tensor elements a repro may write out literally (more: no repro, rather than a huge one)
 
 
@@ -215,19 +210,19 @@ def module_code(var: str, module: nn.Module, state: dict[str, torch.Tensor], see
     from .scenes import Both, Twin
 
     if type(module) is Holder:
-        leaves, classes = {"layer": module.layer}, _source(Holder)
+        leaves, classes = {"layer": module.layer}, source_lines(Holder)
         wrapper = f"{var} = Holder({var}_layer)"
     elif type(module) in (Twin, Both) and type(module.inner) is Holder:
-        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, _source(Holder, type(module))
+        leaves, classes = {"layer": module.layer, "inner.layer": module.inner.layer}, source_lines(Holder, type(module))
         wrapper = f"{var} = {type(module).__name__}({var}_layer, {var}_inner_layer)"
     elif type(module) is Rig and (module.inner is None or type(module.inner) is Holder):
         inner = None if module.inner is None else module.inner.layer
         parts = {"layer": module.layer, "inner.layer": inner, "head": module.head}
-        leaves, classes = {key: leaf for key, leaf in parts.items() if leaf is not None}, _source(Holder, Rig)
+        leaves, classes = {key: leaf for key, leaf in parts.items() if leaf is not None}, source_lines(Holder, Rig)
         arguments = (_leaf_var(var, key) if key in leaves else "None" for key in parts)
         wrapper = f"{var} = Rig({', '.join(arguments)})"
     elif type(module) is Bundle:
-        leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, _source(Bundle)
+        leaves, classes = {key: module.get_submodule(key) for key in module.leaf_keys}, source_lines(Bundle)
         wrapper = f"{var} = Bundle({{{', '.join(f'{key!r}: {_leaf_var(var, key)}' for key in leaves)}}})"
     else:
         return None

@@ -319,7 +319,7 @@ def test_ia3_unmerge_never_silently_non_finite(row, driver, data):
     if not finite and not explicit:
         emitted = [f"{w.category.__name__}: {w.message}" for w in caught]
         shown = Discrepancy("the checked operation", (), ("UserWarning", SECOND), emitted, 0.0, "call",
-                            kind="silent_nonfinite", derive=NON_FINITE_WORDING.pattern)  # fmt: skip
+                            kind="silent_nonfinite", wording=NON_FINITE_WORDING.pattern)  # fmt: skip
         fail(
             ctx,
             f"unmerge() wrote non-finite values silently (no ValueError, no warning naming {SECOND!r} that says "

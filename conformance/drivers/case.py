@@ -53,7 +53,7 @@ class Discrepancy:
       which the clause requires (a repro shows it absent from the library's API: `PeftLikeDriver.absence_repro`);
     - "silent_nonfinite": the checked operation returned, left a non-finite element in the base weight or bias at
       `key`, and emitted no warning of category `expected[0]` naming one of `expected[1:]` with a message matching
-      the regular expression `derive` (`observed`: the warnings it emitted).
+      the regular expression `wording` (`observed`: the warnings it emitted).
 
     `target` says what a repro recomputes to show it: "output" (the model on `x`; in `mode` "train", the last of
     `forwards` train-mode forwards after seeding torch with `train_seed`, or all of them stacked for "nonfinite"),
@@ -82,6 +82,7 @@ class Discrepancy:
     mode: str = "eval"
     weights_seed: int | None = None
     derive: str = ""
+    wording: str = ""
     forwards: int = 1
     train_seed: int | None = None
 

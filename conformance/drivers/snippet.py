@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -132,15 +133,8 @@ class ReproSnippet:
             self.lines += self.driver.param_lines(root, key, adapter, d.name, case.tuner, grad=target == "grad")
             self.lines.append(f"observed = float(tensor.detach()[{d.where!r}])")
         elif target in ("weight", "bias"):
-            self.lines += [
-                f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
-                "base = getattr(module, 'base_layer', module)",
-            ]
-            if target == "weight":
-                self.lines.append("tensor = base.weight.T if isinstance(base, transformers.pytorch_utils.Conv1D) "
-                                  "else base.weight")  # fmt: skip
-            else:
-                self.lines.append("tensor = base.bias")
+            self.lines += self._base_lines(d.key)
+            self.lines.append(f"tensor = {LOGICAL_WEIGHT if target == 'weight' else 'base.bias'}")
             self.lines.append(f"observed = float(tensor[{d.where!r}])")
         else:
             self.lines.append(f"# not rendered: {d.what} ({target})")
@@ -171,13 +165,10 @@ class ReproSnippet:
         """`observed`: the element `d.where` of `d.derive` over W (the weight the current model applies at `d.key`,
         read through its forward by `applied_weight`, whose source the snippet defines) and B (the base weight)."""
         self.imports.add("import math")
-        self.lines += [line for line in inspect.getsource(applied_weight).splitlines() if line.strip()]
+        self.lines += [*source_lines(applied_weight), *self._base_lines(d.key)]
         self.lines += [
-            f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
-            "base = getattr(module, 'base_layer', module)",
             f"W = applied_weight({self.current}.eval(), base)",
-            "B = base.weight.T if isinstance(base, transformers.pytorch_utils.Conv1D) else base.weight",
-            "B = B.detach().double()",
+            f"B = ({LOGICAL_WEIGHT}).detach().double()",
             f"tensor = {d.derive}",
             f"observed = float(tensor[{d.where!r}])",
         ]
@@ -205,6 +196,13 @@ class ReproSnippet:
             f"    print(f'{REPRODUCED} {{what}} has non-finite entries, but should be finite')",
             "else:",
             f"    print({NOT_REPRODUCED!r})",
+        ]
+
+    def _base_lines(self, key: str) -> list[str]:
+        """Lines binding `base` to the live base layer under `key` of the current model."""
+        return [
+            f"module = {self._model_root(self.current)}.get_submodule({key!r})",
+            "base = getattr(module, 'base_layer', module)",
         ]
 
     def _model_root(self, model: str) -> str:
@@ -307,7 +305,7 @@ class ReproSnippet:
     def _warning_check(self, body: list[str], what: str, d: Discrepancy) -> None:
         """`body` run recording every warning; `REPRODUCED: …` when none is of category `d.expected[0]` (or a subclass)
         naming one of the subjects `d.expected[1:]` (case-insensitively) with a message matching the regular expression
-        `d.derive` (any, if empty), as the suite saw — for "silent_nonfinite", only where the base weight or bias at
+        `d.wording` (any, if empty), as the suite saw — for "silent_nonfinite", only where the base weight or bias at
         `d.key` then has a non-finite element."""
         category, *subjects = d.expected
         self.imports.update(("import warnings", "import re"))
@@ -319,28 +317,37 @@ class ReproSnippet:
             f"what = {what!r}",
             "print(what, 'warned', emitted)",
             f"subjects = {tuple(str(s).lower() for s in subjects)!r}",
-            f"named = [w for w in caught if issubclass(w.category, {category}) and re.search({d.derive!r}, "
+            f"named = [w for w in caught if issubclass(w.category, {category}) and re.search({d.wording!r}, "
             "str(w.message), re.IGNORECASE) and (not subjects or any(s in str(w.message).lower() for s in subjects))]",
         ]
         claim = f"{what} emitted no {category} naming any of {subjects}"
         condition = "not named"
         if d.kind == "silent_nonfinite":
             self.lines += [
-                f"module = {self._model_root(self.current)}.get_submodule({d.key!r})",
-                "base = getattr(module, 'base_layer', module)",
+                *self._base_lines(d.key),
                 "finite = all(bool(torch.isfinite(t).all()) for t in (base.weight, base.bias) if t is not None)",
                 "print('base weight and bias finite afterwards:', finite)",
             ]
             claim = f"{what} wrote non-finite base values, and emitted no {category} naming any of {subjects}"
             condition = "not named and not finite"
-        if d.derive:
-            claim += f" with a message matching /{d.derive}/"
+        if d.wording:
+            claim += f" with a message matching /{d.wording}/"
         self.lines += [
             f"if {condition}:",
             f"    print({f'{REPRODUCED} {claim}'!r})",
             "else:",
             f"    print({NOT_REPRODUCED!r})",
         ]
+
+
+# the live base layer `base`'s weight in logical orientation (out, in, …), as a snippet reads it
+LOGICAL_WEIGHT = "base.weight.T if isinstance(base, transformers.pytorch_utils.Conv1D) else base.weight"
+
+
+def source_lines(*objects: type | Callable[..., Any]) -> list[str]:
+    """The source lines of classes or functions a snippet defines: the very objects the suite uses. Blank lines are
+    left out: a repro takes a definition to end at its first unindented line."""
+    return [line for obj in objects for line in inspect.getsource(obj).splitlines() if line.strip()]
 
 
 # on what a checked operation raised or warned

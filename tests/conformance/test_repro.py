@@ -767,7 +767,7 @@ def _silent_nonfinite_snippet(driver: PeftDriver) -> str:
     emitted = [f"{w.category.__name__}: {w.message}" for w in caught]
     context = plugin.Context("IA3-MERGE-5", "ia3", "peft", seed=20)
     shown = Discrepancy("the checked operation", (), ("UserWarning", "default"), emitted, 0.0, "call",
-                        kind="silent_nonfinite", derive="non-?finite")  # fmt: skip
+                        kind="silent_nonfinite", wording="non-?finite")  # fmt: skip
     snippet, _ = _rendered(recorder, lambda: fail(context, "unmerge wrote non-finite values silently", shown))
     return snippet
 
